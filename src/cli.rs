@@ -1,0 +1,87 @@
+//! Command-line definitions only (clap). Each subcommand's help says what it
+//! reads, what it changes and its exit codes.
+
+use crate::output::Format;
+use clap::{Args, Parser, Subcommand};
+use std::path::PathBuf;
+
+#[derive(Debug, Parser)]
+#[command(
+    name = "edgectl",
+    version,
+    about = "Stand up and run a containerised edge fleet on AWS: private CA, IAM Roles Anywhere, Nomad",
+    long_about = "Stand up and run a containerised edge fleet on AWS.\n\n\
+        Every subcommand is an idempotent reconciler: it observes what exists, shows the \
+        difference, changes only that, and records its outputs in SSM Parameter Store \
+        under /infrastructure/. A second run changes nothing.\n\n\
+        Exit codes: 0 success, 1 runtime error, 2 invalid input (flags, deployment.json)."
+)]
+pub struct Cli {
+    #[command(flatten)]
+    pub global: Global,
+    #[command(subcommand)]
+    pub command: Command,
+}
+
+#[derive(Debug, Args)]
+pub struct Global {
+    /// The deployment inputs (same fields as the original sample's deployment.json)
+    #[arg(long, global = true, default_value = "deployment.json", value_name = "FILE")]
+    pub config: PathBuf,
+    /// AWS region (default: AWS_REGION or the profile's region)
+    #[arg(long, global = true, value_name = "REGION")]
+    pub region: Option<String>,
+    /// AWS profile from ~/.aws/config (default: AWS_PROFILE)
+    #[arg(long, global = true, value_name = "NAME")]
+    pub profile: Option<String>,
+    /// Send every AWS request to this endpoint (local stand-ins such as moto)
+    #[arg(long, global = true, env = "AWS_ENDPOINT_URL", value_name = "URL")]
+    pub endpoint_url: Option<String>,
+    /// Deployment name: the value of the `edgectl:deployment` tag on everything edgectl makes
+    #[arg(long, global = true, default_value = "default", value_name = "NAME")]
+    pub deployment: String,
+    /// Output format: human tables on a terminal, or one JSON document (schema 1) for CI
+    #[arg(long, global = true, value_enum, default_value = "human")]
+    pub output: Format,
+    /// More diagnostics on stderr (-v, -vv)
+    #[arg(short, long, global = true, action = clap::ArgAction::Count)]
+    pub verbose: u8,
+}
+
+#[derive(Debug, Subcommand)]
+pub enum Command {
+    /// The AWS side: private CA and IAM Roles Anywhere (Nomad control plane to come)
+    #[command(subcommand)]
+    Cloud(CloudCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum CloudCommand {
+    /// Show what `up` would change; touches nothing.
+    ///
+    /// Reads deployment.json and the AWS account. Exit codes: 0 success (with
+    /// --detailed-exitcode: 0 no changes, 2 changes pending), 1 error, 2 invalid input.
+    Plan {
+        /// Exit 2 when there are changes (as terraform's -detailed-exitcode)
+        #[arg(long)]
+        detailed_exitcode: bool,
+    },
+    /// Create or repair everything so AWS matches deployment.json.
+    ///
+    /// Components: pca (root CA, Nomad server and CLI certificates), roles-anywhere
+    /// (trust anchor, device role, profile). Outputs go to SSM under /infrastructure/.
+    /// A second run prints "no changes" and makes no write call.
+    /// Exit codes: 0 success, 1 error, 2 invalid input.
+    Up,
+    /// Show each component's resources and outputs. Exit codes: 0, 1 error, 2 invalid input.
+    Status,
+    /// Delete everything this deployment made (the CA is disabled, then deleted).
+    ///
+    /// Asks for confirmation unless --yes. A second run is a no-op.
+    /// Exit codes: 0 success, 1 error or refused confirmation, 2 invalid input.
+    Down {
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+}

@@ -1,0 +1,157 @@
+//! edgectl: parse the command line, set up logging, dispatch, and turn the
+//! result into an exit code and a printed error. Nothing else exits.
+
+mod aws;
+mod cli;
+mod cloud;
+mod config;
+mod error;
+mod output;
+mod outputs;
+mod pki;
+mod plan;
+mod secret;
+
+use anyhow::Result;
+use clap::Parser;
+use cli::{Cli, CloudCommand, Command};
+use error::{Exit, InvalidInput, User};
+use output::{Format, Printer, Tense};
+use std::io::{BufRead, IsTerminal, Write};
+use std::process::ExitCode;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let printer = Printer::new(cli.global.output, cli.global.verbose);
+    init_tracing(cli.global.verbose);
+    let runtime = tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .build()
+        .expect("a tokio runtime");
+    match runtime.block_on(run(&cli, printer)) {
+        Ok(code) => ExitCode::from(code as u8),
+        Err(err) => {
+            let invalid = error::is_invalid_input(&err);
+            if !invalid && err.chain().all(|e| !e.is::<User>()) {
+                tracing::debug!("unexpected error: {err:?}");
+            }
+            printer.error(&format!("{err:#}"), &error::hints(&err));
+            ExitCode::from(if invalid { Exit::Two } else { Exit::Failed } as u8)
+        }
+    }
+}
+
+fn init_tracing(verbose: u8) {
+    let filter = match verbose {
+        0 => "warn",
+        1 => "edgectl=debug,warn",
+        _ => "edgectl=trace,aws_smithy_runtime=debug,aws_config=debug,info",
+    };
+    tracing_subscriber::fmt()
+        .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
+        .with_writer(std::io::stderr)
+        .with_target(verbose > 1)
+        .init();
+}
+
+async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
+    match &cli.command {
+        Command::Cloud(cmd) => run_cloud(cli, cmd, printer).await,
+    }
+}
+
+fn check_deployment_name(name: &str) -> Result<()> {
+    let ok = !name.is_empty()
+        && name.len() <= 32
+        && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
+        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+    if ok {
+        Ok(())
+    } else {
+        Err(InvalidInput(vec![format!(
+            "--deployment: {name:?} must be 1-32 lower-case letters, digits or '-' (it is part of resource names)"
+        )])
+        .into())
+    }
+}
+
+async fn context(cli: &Cli, printer: Printer) -> Result<cloud::Ctx> {
+    let g = &cli.global;
+    check_deployment_name(&g.deployment)?;
+    let loaded = config::deployment::load(&g.config).map_err(|e| {
+        InvalidInput(
+            e.problems
+                .into_iter()
+                .map(|p| if p.starts_with(&g.config.display().to_string()) { p } else { format!("{}: {p}", g.config.display()) })
+                .collect(),
+        )
+    })?;
+    for w in &loaded.warnings {
+        printer.warn(&format!("{}: {w}", g.config.display()));
+    }
+    let aws = aws::load(&aws::AwsSettings {
+        region: g.region.clone(),
+        profile: g.profile.clone(),
+        endpoint_url: g.endpoint_url.clone(),
+    })
+    .await?;
+    let outputs = outputs::Store::new(&aws.config, &aws.region, &g.deployment);
+    Ok(cloud::Ctx {
+        aws,
+        deployment: g.deployment.clone(),
+        config: loaded.deployment,
+        outputs,
+    })
+}
+
+async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Exit> {
+    let ctx = context(cli, printer).await?;
+    let reporter: Box<dyn output::Reporter> = match printer.format {
+        Format::Human => Box::new(output::Terminal(printer)),
+        Format::Json => Box::new(output::Quiet),
+    };
+    match cmd {
+        CloudCommand::Plan { detailed_exitcode } => {
+            let report = cloud::plan(&ctx).await?;
+            printer.report("cloud plan", &report, Tense::Will);
+            Ok(if *detailed_exitcode && !report.planned.is_empty() { Exit::Two } else { Exit::Ok })
+        }
+        CloudCommand::Up => {
+            let report = cloud::up(&ctx, reporter.as_ref()).await?;
+            printer.report("cloud up", &report, Tense::Did);
+            Ok(Exit::Ok)
+        }
+        CloudCommand::Status => {
+            printer.status(&cloud::status(&ctx).await?);
+            Ok(Exit::Ok)
+        }
+        CloudCommand::Down { yes } => {
+            let deployment = ctx.deployment.clone();
+            let confirm = |changes: &[plan::Change]| confirm_down(*yes, &deployment, changes.len());
+            let report = cloud::down(&ctx, reporter.as_ref(), confirm).await?;
+            printer.report("cloud down", &report, Tense::Did);
+            Ok(Exit::Ok)
+        }
+    }
+}
+
+/// `down` deletes a CA that devices trust: ask, unless told not to.
+fn confirm_down(yes: bool, deployment: &str, n: usize) -> Result<bool> {
+    if yes {
+        return Ok(true);
+    }
+    if !std::io::stdin().is_terminal() {
+        return Err(User::new(
+            format!("refusing to delete {n} resources of deployment `{deployment}` without confirmation"),
+            "pass `--yes` to confirm non-interactively",
+        )
+        .into());
+    }
+    eprint!(
+        "Delete {n} resources of deployment `{deployment}`? A deleted private CA stays restorable (and billed) for 7 days.\nType the deployment name to confirm: "
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    Ok(answer.trim() == deployment)
+}

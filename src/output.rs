@@ -1,0 +1,276 @@
+//! Everything the user sees: human or JSON rendering of reports, progress
+//! on stderr, and the choices made once (format, colour, terminal).
+//! Logic never prints; it returns reports or calls a [`Reporter`].
+
+use crate::cloud::{Report, StatusRow};
+use crate::plan::{count, Change};
+use serde::Serialize;
+use std::io::{IsTerminal, Write};
+use std::time::Duration;
+
+/// Bumped whenever a JSON document changes shape.
+pub const SCHEMA: u32 = 1;
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
+pub enum Format {
+    Human,
+    Json,
+}
+
+#[derive(Debug, Clone, Copy)]
+pub struct Printer {
+    pub format: Format,
+    pub color: bool,
+    /// Progress lines only go to a terminal, and not under `-v` where they
+    /// would interleave with logs.
+    pub progress: bool,
+}
+
+impl Printer {
+    pub fn new(format: Format, verbose: u8) -> Self {
+        let tty = std::io::stderr().is_terminal();
+        Printer {
+            format,
+            color: tty && std::env::var_os("NO_COLOR").is_none(),
+            progress: format == Format::Human && verbose == 0,
+        }
+    }
+
+    fn paint(&self, code: &str, text: &str) -> String {
+        if self.color {
+            format!("\x1b[{code}m{text}\x1b[0m")
+        } else {
+            text.to_string()
+        }
+    }
+
+    pub fn warn(&self, message: &str) {
+        eprintln!("{} {message}", self.paint("33", "warning:"));
+    }
+
+    pub fn error(&self, message: &str, hints: &[String]) {
+        for (i, line) in message.lines().enumerate() {
+            let label = if i == 0 { "error:" } else { "      " };
+            eprintln!("{} {line}", self.paint("31", label));
+        }
+        for hint in hints {
+            eprintln!("{} {hint}", self.paint("36", "hint:"));
+        }
+        if self.format == Format::Json {
+            let doc = serde_json::json!({"schema": SCHEMA, "error": message, "hints": hints});
+            println!("{doc}");
+        }
+    }
+
+    /// Writes one document to stdout; a closed pipe is not an error.
+    fn out(&self, text: &str) {
+        let mut stdout = std::io::stdout().lock();
+        let _ = writeln!(stdout, "{text}");
+    }
+
+    pub fn json<T: Serialize>(&self, command: &str, body: &T) {
+        let mut doc = serde_json::to_value(body).expect("reports serialize");
+        if let Some(obj) = doc.as_object_mut() {
+            obj.insert("schema".into(), SCHEMA.into());
+            obj.insert("command".into(), command.into());
+        }
+        self.out(&serde_json::to_string_pretty(&doc).expect("json"));
+    }
+
+    pub fn plan_text(&self, changes: &[Change], tense: Tense) -> String {
+        if changes.is_empty() {
+            return "No changes.".to_string();
+        }
+        let mut s = String::new();
+        for c in changes {
+            let marker = match c.action.marker() {
+                "+" => self.paint("32", "+"),
+                "-" => self.paint("31", "-"),
+                "~" => self.paint("33", "~"),
+                m => self.paint("35", m),
+            };
+            s.push_str(&format!("  {marker} {} ({})\n", c.address, c.reason));
+            for f in &c.fields {
+                match &f.old {
+                    Some(old) => s.push_str(&format!("      {}: {old} -> {}\n", f.name, f.new)),
+                    None => s.push_str(&format!("      {}: {}\n", f.name, f.new)),
+                }
+            }
+        }
+        let n = count(changes);
+        let verb = match tense {
+            Tense::Will => "Plan",
+            Tense::Did => "Applied",
+        };
+        s.push_str(&format!(
+            "\n{verb}: {} to create, {} to update, {} to replace, {} to delete.",
+            n.create, n.update, n.replace, n.delete
+        ));
+        if tense == Tense::Did {
+            s = s.replace(" to ", " ");
+        }
+        s
+    }
+
+    pub fn report(&self, command: &str, report: &Report, tense: Tense) {
+        match self.format {
+            Format::Json => self.json(command, &JsonReport::new(report)),
+            Format::Human => {
+                let header = format!(
+                    "deployment {} in {} (account {})",
+                    report.deployment, report.region, report.account
+                );
+                match tense {
+                    Tense::Will => self.out(&format!("{header}\n\n{}", self.plan_text(&report.planned, Tense::Will))),
+                    Tense::Did if report.planned.is_empty() => {
+                        self.out(&format!("{header}: no changes."))
+                    }
+                    Tense::Did => self.out(&format!(
+                        "\n{header}: {}",
+                        self.plan_text(&report.applied, Tense::Did).lines().last().unwrap_or_default()
+                    )),
+                }
+            }
+        }
+    }
+
+    pub fn status(&self, rows: &[StatusRow]) {
+        match self.format {
+            Format::Json => self.json("cloud status", &serde_json::json!({ "resources": rows })),
+            Format::Human => {
+                let w0 = rows.iter().map(|r| r.address.len()).max().unwrap_or(0).max(8);
+                let w1 = rows.iter().map(|r| r.state.len()).max().unwrap_or(0).max(5);
+                let mut s = format!("{:w0$}  {:w1$}  ID\n", "RESOURCE", "STATE");
+                for r in rows {
+                    s.push_str(&format!("{:w0$}  {:w1$}  {}\n", r.address, r.state, r.id));
+                }
+                self.out(s.trim_end());
+            }
+        }
+    }
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Tense {
+    Will,
+    Did,
+}
+
+#[derive(Serialize)]
+struct JsonReport<'a> {
+    deployment: &'a str,
+    region: &'a str,
+    account: &'a str,
+    changes: &'a [Change],
+    applied: &'a [Change],
+    summary: crate::plan::Counts,
+}
+
+impl<'a> JsonReport<'a> {
+    fn new(r: &'a Report) -> Self {
+        JsonReport {
+            deployment: &r.deployment,
+            region: &r.region,
+            account: &r.account,
+            changes: &r.planned,
+            applied: &r.applied,
+            summary: count(&r.planned),
+        }
+    }
+}
+
+/// Live progress of an apply. Terminal and silent implementations below.
+pub trait Reporter: Sync {
+    fn plan(&self, changes: &[Change]);
+    fn started(&self, change: &Change);
+    fn waiting(&self, change: &Change, what: &str);
+    fn finished(&self, change: &Change, elapsed: Duration);
+    fn failed(&self, change: &Change);
+}
+
+/// Human output: the plan to stdout, one stderr line per step.
+pub struct Terminal(pub Printer);
+
+impl Reporter for Terminal {
+    fn plan(&self, changes: &[Change]) {
+        if !changes.is_empty() {
+            self.0.out(&self.0.plan_text(changes, Tense::Will));
+            self.0.out("");
+        }
+    }
+
+    fn started(&self, change: &Change) {
+        if self.0.progress {
+            eprintln!("  {} {}...", ing(change), change.address);
+        }
+    }
+
+    fn waiting(&self, change: &Change, what: &str) {
+        if self.0.progress {
+            eprintln!("  {}: {what}", change.address);
+        }
+    }
+
+    fn finished(&self, change: &Change, elapsed: Duration) {
+        self.0.out(&format!(
+            "  {} {} ({:.1}s)",
+            change.action.done(),
+            change.address,
+            elapsed.as_secs_f64()
+        ));
+    }
+
+    fn failed(&self, change: &Change) {
+        eprintln!("  {} {}: failed", ing(change), change.address);
+    }
+}
+
+fn ing(change: &Change) -> &'static str {
+    use crate::plan::Action::*;
+    match change.action {
+        Create => "creating",
+        Update => "updating",
+        Replace => "replacing",
+        Delete => "deleting",
+    }
+}
+
+/// JSON output: nothing until the final document.
+pub struct Quiet;
+
+impl Reporter for Quiet {
+    fn plan(&self, _: &[Change]) {}
+    fn started(&self, _: &Change) {}
+    fn waiting(&self, _: &Change, _: &str) {}
+    fn finished(&self, _: &Change, _: Duration) {}
+    fn failed(&self, _: &Change) {}
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::plan::{Action, Value};
+
+    fn printer() -> Printer {
+        Printer {
+            format: Format::Human,
+            color: false,
+            progress: false,
+        }
+    }
+
+    #[test]
+    fn plan_text_renders_markers_fields_and_footer() {
+        let changes = vec![
+            Change::new("pca/root", Action::Create, "missing").field("arn", None, Value::KnownAfterApply),
+            Change::new("ssm:/k", Action::Update, "value differs").field("value", Some(Value::Sensitive), Value::Sensitive),
+            Change::new("pca/old", Action::Delete, "duplicate"),
+        ];
+        let text = printer().plan_text(&changes, Tense::Will);
+        assert!(text.contains("  + pca/root (missing)\n      arn: (known after apply)\n"), "{text}");
+        assert!(text.contains("  ~ ssm:/k (value differs)\n      value: (sensitive) -> (sensitive)\n"), "{text}");
+        assert!(text.contains("  - pca/old (duplicate)"));
+        assert!(text.ends_with("Plan: 1 to create, 1 to update, 0 to replace, 1 to delete."), "{text}");
+        assert_eq!(printer().plan_text(&[], Tense::Will), "No changes.");
+    }
+}
