@@ -64,7 +64,9 @@ fn check_deployment_name(name: &str) -> Result<()> {
     let ok = !name.is_empty()
         && name.len() <= 32
         && name.starts_with(|c: char| c.is_ascii_lowercase() || c.is_ascii_digit())
-        && name.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
+        && name
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-');
     if ok {
         Ok(())
     } else {
@@ -82,7 +84,13 @@ async fn context(cli: &Cli, printer: Printer) -> Result<cloud::Ctx> {
         InvalidInput(
             e.problems
                 .into_iter()
-                .map(|p| if p.starts_with(&g.config.display().to_string()) { p } else { format!("{}: {p}", g.config.display()) })
+                .map(|p| {
+                    if p.starts_with(&g.config.display().to_string()) {
+                        p
+                    } else {
+                        format!("{}: {p}", g.config.display())
+                    }
+                })
                 .collect(),
         )
     })?;
@@ -114,7 +122,11 @@ async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Ex
         CloudCommand::Plan { detailed_exitcode } => {
             let report = cloud::plan(&ctx).await?;
             printer.report("cloud plan", &report, Tense::Will);
-            Ok(if *detailed_exitcode && !report.planned.is_empty() { Exit::Two } else { Exit::Ok })
+            Ok(if *detailed_exitcode && !report.planned.is_empty() {
+                Exit::Two
+            } else {
+                Exit::Ok
+            })
         }
         CloudCommand::Up => {
             let report = cloud::up(&ctx, reporter.as_ref()).await?;

@@ -32,7 +32,7 @@ impl Printer {
         Printer {
             format,
             color: tty && std::env::var_os("NO_COLOR").is_none(),
-            progress: format == Format::Human && verbose == 0,
+            progress: tty && format == Format::Human && verbose == 0,
         }
     }
 
@@ -98,17 +98,16 @@ impl Printer {
             }
         }
         let n = count(changes);
-        let verb = match tense {
-            Tense::Will => "Plan",
-            Tense::Did => "Applied",
-        };
-        s.push_str(&format!(
-            "\n{verb}: {} to create, {} to update, {} to replace, {} to delete.",
-            n.create, n.update, n.replace, n.delete
-        ));
-        if tense == Tense::Did {
-            s = s.replace(" to ", " ");
-        }
+        s.push_str(&match tense {
+            Tense::Will => format!(
+                "\nPlan: {} to create, {} to update, {} to replace, {} to delete.",
+                n.create, n.update, n.replace, n.delete
+            ),
+            Tense::Did => format!(
+                "\nApplied: {} created, {} updated, {} replaced, {} deleted.",
+                n.create, n.update, n.replace, n.delete
+            ),
+        });
         s
     }
 
@@ -121,13 +120,17 @@ impl Printer {
                     report.deployment, report.region, report.account
                 );
                 match tense {
-                    Tense::Will => self.out(&format!("{header}\n\n{}", self.plan_text(&report.planned, Tense::Will))),
-                    Tense::Did if report.planned.is_empty() => {
-                        self.out(&format!("{header}: no changes."))
-                    }
+                    Tense::Will => self.out(&format!(
+                        "{header}\n\n{}",
+                        self.plan_text(&report.planned, Tense::Will)
+                    )),
+                    Tense::Did if report.planned.is_empty() => self.out(&format!("{header}: no changes.")),
                     Tense::Did => self.out(&format!(
                         "\n{header}: {}",
-                        self.plan_text(&report.applied, Tense::Did).lines().last().unwrap_or_default()
+                        self.plan_text(&report.applied, Tense::Did)
+                            .lines()
+                            .last()
+                            .unwrap_or_default()
                     )),
                 }
             }
@@ -263,14 +266,27 @@ mod tests {
     fn plan_text_renders_markers_fields_and_footer() {
         let changes = vec![
             Change::new("pca/root", Action::Create, "missing").field("arn", None, Value::KnownAfterApply),
-            Change::new("ssm:/k", Action::Update, "value differs").field("value", Some(Value::Sensitive), Value::Sensitive),
+            Change::new("ssm:/k", Action::Update, "value differs").field(
+                "value",
+                Some(Value::Sensitive),
+                Value::Sensitive,
+            ),
             Change::new("pca/old", Action::Delete, "duplicate"),
         ];
         let text = printer().plan_text(&changes, Tense::Will);
-        assert!(text.contains("  + pca/root (missing)\n      arn: (known after apply)\n"), "{text}");
-        assert!(text.contains("  ~ ssm:/k (value differs)\n      value: (sensitive) -> (sensitive)\n"), "{text}");
+        assert!(
+            text.contains("  + pca/root (missing)\n      arn: (known after apply)\n"),
+            "{text}"
+        );
+        assert!(
+            text.contains("  ~ ssm:/k (value differs)\n      value: (sensitive) -> (sensitive)\n"),
+            "{text}"
+        );
         assert!(text.contains("  - pca/old (duplicate)"));
-        assert!(text.ends_with("Plan: 1 to create, 1 to update, 0 to replace, 1 to delete."), "{text}");
+        assert!(
+            text.ends_with("Plan: 1 to create, 1 to update, 0 to replace, 1 to delete."),
+            "{text}"
+        );
         assert_eq!(printer().plan_text(&[], Tense::Will), "No changes.");
     }
 }

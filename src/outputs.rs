@@ -30,7 +30,10 @@ pub enum Kind {
     Secure,
 }
 
-/// SSM access for one deployment: reads decrypt, creates tag.
+/// SSM access for one deployment: reads decrypt, creates tag. Callers use
+/// the reference names (`/infrastructure/...`); a deployment other than
+/// `default` keeps its own copy under `/edgectl/<name>/infrastructure/...`
+/// so two deployments in one account never overwrite each other's keys.
 pub struct Store {
     client: aws_sdk_ssm::Client,
     region: String,
@@ -46,9 +49,30 @@ impl Store {
         }
     }
 
+    /// Where parameter `name` lives for this deployment.
+    pub fn path(&self, name: &str) -> String {
+        if self.deployment == "default" {
+            name.to_string()
+        } else {
+            format!("/edgectl/{}{name}", self.deployment)
+        }
+    }
+
     /// The current values of `names`; absent parameters are simply missing
     /// from the map. Values are secrets until a caller says otherwise.
     pub async fn read(&self, names: &[&str]) -> Result<BTreeMap<String, Secret>> {
+        let paths: Vec<String> = names.iter().map(|n| self.path(n)).collect();
+        let raw = self
+            .read_paths(&paths.iter().map(String::as_str).collect::<Vec<_>>())
+            .await?;
+        Ok(names
+            .iter()
+            .zip(&paths)
+            .filter_map(|(n, p)| raw.get(p).map(|v| (n.to_string(), v.clone())))
+            .collect())
+    }
+
+    async fn read_paths(&self, names: &[&str]) -> Result<BTreeMap<String, Secret>> {
         let mut found = BTreeMap::new();
         // GetParameters takes at most 10 names per call.
         for chunk in names.chunks(10) {
@@ -72,21 +96,14 @@ impl Store {
     /// Creates (tagged) or overwrites one parameter. AWS refuses Tags
     /// together with Overwrite, so an update keeps the tags of the create.
     pub async fn write(&self, name: &str, value: &str, kind: Kind, exists: bool) -> Result<()> {
-        let tier = if value.len() > STANDARD_TIER_LIMIT {
-            ParameterTier::Advanced
-        } else {
-            ParameterTier::Standard
-        };
+        let name = &self.path(name);
         let mut req = self
             .client
             .put_parameter()
             .name(name)
             .value(value)
-            .tier(tier)
-            .r#type(match kind {
-                Kind::Plain => ParameterType::String,
-                Kind::Secure => ParameterType::SecureString,
-            });
+            .tier(tier_for(value))
+            .r#type(type_for(kind));
         req = if exists {
             req.overwrite(true)
         } else {
@@ -95,15 +112,25 @@ impl Store {
         match req.send().await {
             Ok(_) => Ok(()),
             // Created by a run that died before it could say so: overwrite.
-            Err(e) if !exists && code(&e) == Some("ParameterAlreadyExists") => {
-                Box::pin(self.write(name, value, kind, true)).await
-            }
+            Err(e) if !exists && code(&e) == Some("ParameterAlreadyExists") => self
+                .client
+                .put_parameter()
+                .name(name)
+                .value(value)
+                .tier(tier_for(value))
+                .r#type(type_for(kind))
+                .overwrite(true)
+                .send()
+                .await
+                .map(|_| ())
+                .op(|| format!("writing {name} to SSM in {}", self.region)),
             Err(e) => Err(e).op(|| format!("writing {name} to SSM in {}", self.region)),
         }
     }
 
     /// Deletes parameters; ones already gone count as deleted.
     pub async fn delete(&self, names: &[&str]) -> Result<()> {
+        let names: Vec<String> = names.iter().map(|n| self.path(n)).collect();
         for chunk in names.chunks(10) {
             self.client
                 .delete_parameters()
@@ -113,6 +140,21 @@ impl Store {
                 .op(|| format!("deleting {} from SSM in {}", chunk.join(", "), self.region))?;
         }
         Ok(())
+    }
+}
+
+fn tier_for(value: &str) -> ParameterTier {
+    if value.len() > STANDARD_TIER_LIMIT {
+        ParameterTier::Advanced
+    } else {
+        ParameterTier::Standard
+    }
+}
+
+fn type_for(kind: Kind) -> ParameterType {
+    match kind {
+        Kind::Plain => ParameterType::String,
+        Kind::Secure => ParameterType::SecureString,
     }
 }
 
@@ -136,9 +178,9 @@ pub fn plan_param(
     match (desired, observed) {
         (Value::Known(d), Some(o)) if o.expose() == d => None,
         (_, None) => Some(Change::new(address, Action::Create, "missing").field("value", None, new)),
-        (_, Some(o)) => Some(
-            Change::new(address, Action::Update, "value differs").field("value", Some(show(o)), new),
-        ),
+        (_, Some(o)) => {
+            Some(Change::new(address, Action::Update, "value differs").field("value", Some(show(o)), new))
+        }
     }
 }
 

@@ -93,7 +93,9 @@ pub struct CertFacts {
 
 pub fn facts(cert_pem: &str) -> Result<CertFacts> {
     let (_, pem) = parse_x509_pem(cert_pem.as_bytes()).map_err(|e| anyhow!("not a PEM certificate: {e}"))?;
-    let cert = pem.parse_x509().map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
+    let cert = pem
+        .parse_x509()
+        .map_err(|e| anyhow!("not an X.509 certificate: {e}"))?;
     let mut dns = Vec::new();
     let mut ips = Vec::new();
     if let Ok(Some(san)) = cert.subject_alternative_name() {
@@ -194,7 +196,10 @@ pub fn token(parts: &[&str]) -> String {
         ctx.update(p.as_bytes());
         ctx.update(&[0]);
     }
-    ctx.finish().as_ref()[..16].iter().map(|b| format!("{b:02x}")).collect()
+    ctx.finish().as_ref()[..16]
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 #[cfg(test)]
@@ -205,7 +210,11 @@ mod tests {
         Identity {
             common_name: "*.elb.eu-west-1.amazonaws.com".into(),
             serial_number: None,
-            dns: vec!["*.elb.eu-west-1.amazonaws.com".into(), "server.eu-west-1.nomad".into(), "localhost".into()],
+            dns: vec![
+                "*.elb.eu-west-1.amazonaws.com".into(),
+                "server.eu-west-1.nomad".into(),
+                "localhost".into(),
+            ],
             ips: vec!["127.0.0.1".parse().unwrap()],
         }
     }
@@ -215,7 +224,16 @@ mod tests {
         let k = rsa_csr(&id()).unwrap();
         let (_, pem) = parse_x509_pem(k.csr_pem.as_bytes()).unwrap();
         let (_, csr) = X509CertificationRequest::from_der(&pem.contents).unwrap();
-        assert_eq!(csr.certification_request_info.subject.iter_common_name().next().unwrap().as_str().unwrap(), "*.elb.eu-west-1.amazonaws.com");
+        assert_eq!(
+            csr.certification_request_info
+                .subject
+                .iter_common_name()
+                .next()
+                .unwrap()
+                .as_str()
+                .unwrap(),
+            "*.elb.eu-west-1.amazonaws.com"
+        );
         let exts = csr.requested_extensions().unwrap().collect::<Vec<_>>();
         let san = exts.iter().find_map(|e| match e {
             ParsedExtension::SubjectAlternativeName(s) => Some(s),
@@ -227,7 +245,10 @@ mod tests {
         assert!(names.contains(&GeneralName::IPAddress(&[127, 0, 0, 1])));
         // OID 2.5.29.17 followed by BOOLEAN TRUE: the extension is critical.
         let critical_san = [0x06, 0x03, 0x55, 0x1d, 0x11, 0x01, 0x01, 0xff];
-        assert!(pem.contents.windows(critical_san.len()).any(|w| w == critical_san));
+        assert!(pem
+            .contents
+            .windows(critical_san.len())
+            .any(|w| w == critical_san));
         assert!(k.key_pem.expose().contains("PRIVATE KEY"));
     }
 
@@ -239,7 +260,8 @@ mod tests {
         for ip in &id.ips {
             p.subject_alt_names.push(rcgen::SanType::IpAddress(*ip));
         }
-        p.distinguished_name.push(DnType::CommonName, id.common_name.as_str());
+        p.distinguished_name
+            .push(DnType::CommonName, id.common_name.as_str());
         p.not_after = ::time::OffsetDateTime::now_utc() + ::time::Duration::days(days);
         let cert = p.self_signed(&key).unwrap();
         (cert.pem(), Secret::new(key.serialize_pem()))
@@ -250,18 +272,42 @@ mod tests {
         let now = ::time::OffsetDateTime::now_utc().unix_timestamp();
         let (cert, key) = self_signed(&id(), 365);
         // A self-signed certificate is its own CA here.
-        assert_eq!(needs_reissue(Some(&cert), Some(&key), Some(&cert), &id(), now, 30), None);
-        assert_eq!(needs_reissue(None, None, Some(&cert), &id(), now, 30), Some("missing"));
+        assert_eq!(
+            needs_reissue(Some(&cert), Some(&key), Some(&cert), &id(), now, 30),
+            None
+        );
+        assert_eq!(
+            needs_reissue(None, None, Some(&cert), &id(), now, 30),
+            Some("missing")
+        );
         let (other, other_key) = self_signed(&id(), 365);
-        assert_eq!(needs_reissue(Some(&cert), Some(&key), Some(&other), &id(), now, 30), Some("not issued by the current CA"));
-        assert_eq!(needs_reissue(Some(&cert), Some(&other_key), Some(&cert), &id(), now, 30), Some("private key does not match the certificate"));
-        assert_eq!(needs_reissue(Some(&cert), None, Some(&cert), &id(), now, 30), Some("private key missing"));
+        assert_eq!(
+            needs_reissue(Some(&cert), Some(&key), Some(&other), &id(), now, 30),
+            Some("not issued by the current CA")
+        );
+        assert_eq!(
+            needs_reissue(Some(&cert), Some(&other_key), Some(&cert), &id(), now, 30),
+            Some("private key does not match the certificate")
+        );
+        assert_eq!(
+            needs_reissue(Some(&cert), None, Some(&cert), &id(), now, 30),
+            Some("private key missing")
+        );
         let (soon, soon_key) = self_signed(&id(), 10);
-        assert_eq!(needs_reissue(Some(&soon), Some(&soon_key), Some(&soon), &id(), now, 30), Some("expires within the renewal window"));
+        assert_eq!(
+            needs_reissue(Some(&soon), Some(&soon_key), Some(&soon), &id(), now, 30),
+            Some("expires within the renewal window")
+        );
         let mut more = id();
         more.dns.push("extra.example".into());
-        assert_eq!(needs_reissue(Some(&cert), Some(&key), Some(&cert), &more, now, 30), Some("subject alternative names differ"));
-        assert_eq!(needs_reissue(Some("junk"), Some(&key), Some(&cert), &id(), now, 30), Some("stored certificate does not parse"));
+        assert_eq!(
+            needs_reissue(Some(&cert), Some(&key), Some(&cert), &more, now, 30),
+            Some("subject alternative names differ")
+        );
+        assert_eq!(
+            needs_reissue(Some("junk"), Some(&key), Some(&cert), &id(), now, 30),
+            Some("stored certificate does not parse")
+        );
     }
 
     #[test]

@@ -110,7 +110,9 @@ impl<C: Component> Erased for C {
     }
 
     fn plan(&self, ctx: &Ctx, inputs: &Exports, observed: &Observed) -> (Vec<Change>, Exports) {
-        let observed = observed.downcast_ref::<C::Observed>().expect("observed by this component");
+        let observed = observed
+            .downcast_ref::<C::Observed>()
+            .expect("observed by this component");
         let planned = Component::plan(self, ctx, inputs, observed);
         let exports = Component::exports(self, observed, &planned);
         (planned.into_iter().map(|p| p.change).collect(), exports)
@@ -121,8 +123,13 @@ impl<C: Component> Erased for C {
     }
 
     fn plan_down(&self, observed: &Observed) -> Vec<Change> {
-        let observed = observed.downcast_ref::<C::Observed>().expect("observed by this component");
-        Component::plan_down(self, observed).into_iter().map(|p| p.change).collect()
+        let observed = observed
+            .downcast_ref::<C::Observed>()
+            .expect("observed by this component");
+        Component::plan_down(self, observed)
+            .into_iter()
+            .map(|p| p.change)
+            .collect()
     }
 
     fn apply<'a>(
@@ -134,7 +141,9 @@ impl<C: Component> Erased for C {
         reporter: &'a dyn Reporter,
     ) -> BoxFuture<'a, Result<(Vec<Change>, Exports)>> {
         Box::pin(async move {
-            let observed = observed.downcast_mut::<C::Observed>().expect("observed by this component");
+            let observed = observed
+                .downcast_mut::<C::Observed>()
+                .expect("observed by this component");
             // Planned again with the inputs as they are now: upstream values
             // that were "known after apply" are known at this point.
             let planned = if down {
@@ -151,14 +160,21 @@ impl<C: Component> Erased for C {
                         Ok(Applied::Done) => break,
                         Ok(Applied::Pending { what, retry_after }) => {
                             if started.elapsed() > PENDING_DEADLINE {
-                                bail!("{}: still {what} after {PENDING_DEADLINE:?}; run again later", step.change.address);
+                                bail!(
+                                    "{}: still {what} after {PENDING_DEADLINE:?}; run again later",
+                                    step.change.address
+                                );
                             }
                             reporter.waiting(&step.change, &what);
                             tokio::time::sleep(retry_after).await;
                         }
                         Err(e) => {
                             reporter.failed(&step.change);
-                            return Err(e.context(format!("{} {}", step.change.action.marker(), step.change.address)));
+                            return Err(e.context(format!(
+                                "{} {}",
+                                step.change.action.marker(),
+                                step.change.address
+                            )));
                         }
                     }
                 }
@@ -187,7 +203,12 @@ struct World {
 
 async fn observe_all(ctx: &Ctx) -> Result<World> {
     let comps = components();
-    let observed = futures::future::try_join_all(comps.iter().map(|c| c.observe(ctx))).await?;
+    let observed = futures::future::try_join_all(comps.iter().map(|c| async move {
+        c.observe(ctx)
+            .await
+            .map_err(|e| e.context(format!("observing {}", c.name())))
+    }))
+    .await?;
     Ok(World {
         items: comps.into_iter().zip(observed).collect(),
     })
@@ -248,14 +269,21 @@ fn plan_down_all(world: &World) -> Vec<Change> {
 
 /// Delete everything this deployment made, in reverse order. Tolerates
 /// half-made and already-deleted resources; a second run plans nothing.
-pub async fn down(ctx: &Ctx, reporter: &dyn Reporter, confirm: impl FnOnce(&[Change]) -> Result<bool>) -> Result<Report> {
+pub async fn down(
+    ctx: &Ctx,
+    reporter: &dyn Reporter,
+    confirm: impl FnOnce(&[Change]) -> Result<bool>,
+) -> Result<Report> {
     let mut world = observe_all(ctx).await?;
     let planned = plan_down_all(&world);
     reporter.plan(&planned);
     let mut applied = Vec::new();
     if !planned.is_empty() {
         if !confirm(&planned)? {
-            bail!(crate::error::User::new("not confirmed; nothing was deleted", "type the deployment name, or pass `--yes`"));
+            bail!(crate::error::User::new(
+                "not confirmed; nothing was deleted",
+                "type the deployment name, or pass `--yes`"
+            ));
         }
         let inputs = Exports::new();
         for (c, observed) in world.items.iter_mut().rev() {

@@ -64,7 +64,11 @@ impl Leaf {
             Leaf::Server => {
                 let cn = format!("*.elb.{nomad_region}.amazonaws.com");
                 Identity {
-                    dns: vec![cn.clone(), format!("server.{nomad_region}.nomad"), "localhost".into()],
+                    dns: vec![
+                        cn.clone(),
+                        format!("server.{nomad_region}.nomad"),
+                        "localhost".into(),
+                    ],
                     common_name: cn,
                     serial_number: None,
                     ips: vec!["127.0.0.1".parse().expect("an IP")],
@@ -179,13 +183,20 @@ async fn observe_cas(ctx: &Ctx) -> Result<(Vec<Ca>, Vec<String>)> {
                     && c.subject.as_ref() == Some(&subject())
             }) && ca.r#type == Some(CertificateAuthorityType::Root);
             let cert_pem = match status {
-                Status::Active | Status::Disabled | Status::Expired => client
-                    .get_certificate_authority_certificate()
-                    .certificate_authority_arn(&arn)
-                    .send()
-                    .await
-                    .op(|| format!("reading the certificate of {arn}"))?
-                    .certificate,
+                Status::Active | Status::Disabled | Status::Expired => {
+                    match client
+                        .get_certificate_authority_certificate()
+                        .certificate_authority_arn(&arn)
+                        .send()
+                        .await
+                    {
+                        Ok(out) => out.certificate,
+                        // Some CA states refuse to hand out the certificate;
+                        // the plan then falls back to the copy in SSM.
+                        Err(e) if code(&e) == Some("InvalidStateException") => None,
+                        Err(e) => return Err(e).op(|| format!("reading the certificate of {arn}")),
+                    }
+                }
                 _ => None,
             };
             live.push(Ca {
@@ -240,13 +251,20 @@ impl Pca {
             None => {
                 steps.push(planned(
                     Change::new(ADDRESS, Action::Create, "no CA tagged for this deployment")
-                        .field("subject", None, Value::known("CN=Robot Company, O=Robot Company, C=US"))
+                        .field(
+                            "subject",
+                            None,
+                            Value::known("CN=Robot Company, O=Robot Company, C=US"),
+                        )
                         .field("key_algorithm", None, Value::known("RSA_2048")),
                     Op::CreateCa,
                 ));
                 steps.push(planned(
-                    Change::new("pca/root-certificate", Action::Create, "activate the new CA")
-                        .field("validity", None, Value::known("10 years")),
+                    Change::new("pca/root-certificate", Action::Create, "activate the new CA").field(
+                        "validity",
+                        None,
+                        Value::known("10 years"),
+                    ),
                     Op::InstallRootCertificate,
                 ));
             }
@@ -256,7 +274,10 @@ impl Pca {
                 } else {
                     "key algorithm, signing algorithm or subject differs"
                 };
-                steps.push(planned(Change::new(ADDRESS, Action::Replace, why), Op::ReplaceCa(ca.arn.clone())));
+                steps.push(planned(
+                    Change::new(ADDRESS, Action::Replace, why),
+                    Op::ReplaceCa(ca.arn.clone()),
+                ));
                 steps.push(planned(
                     Change::new("pca/root-certificate", Action::Create, "activate the new CA"),
                     Op::InstallRootCertificate,
@@ -264,12 +285,12 @@ impl Pca {
             }
             Some(ca) => match ca.status {
                 Status::Creating | Status::PendingCertificate => steps.push(planned(
-                    Change::new("pca/root-certificate", Action::Create, "CA awaits its certificate")
-                        .field("ca", None, Value::known(&ca.arn)),
-                    Op::InstallRootCertificate,
-                )),
-                Status::Disabled if ca.cert_pem.is_none() => steps.push(planned(
-                    Change::new("pca/root-certificate", Action::Create, "CA was disabled before activation"),
+                    Change::new(
+                        "pca/root-certificate",
+                        Action::Create,
+                        "CA awaits its certificate",
+                    )
+                    .field("ca", None, Value::known(&ca.arn)),
                     Op::InstallRootCertificate,
                 )),
                 Status::Disabled => {
@@ -288,7 +309,11 @@ impl Pca {
         }
         for twin in &o.twins {
             steps.push(planned(
-                Change::new(format!("{ADDRESS}#{}", short_id(&twin.arn)), Action::Delete, "duplicate CA with this deployment's tag"),
+                Change::new(
+                    format!("{ADDRESS}#{}", short_id(&twin.arn)),
+                    Action::Delete,
+                    "duplicate CA with this deployment's tag",
+                ),
                 Op::DeleteCa(twin.arn.clone()),
             ));
         }
@@ -326,7 +351,13 @@ impl Component for Pca {
     fn plan(&self, ctx: &Ctx, _inputs: &Exports, o: &Observed) -> Vec<Planned<Op>> {
         let (mut steps, kept) = Self::plan_ca(o);
         let now = time::OffsetDateTime::now_utc().unix_timestamp();
-        let ca_pem = kept.and_then(|ca| ca.cert_pem.as_deref());
+        // A disabled CA may not hand out its certificate: judge the leaves by
+        // the copy we stored; a wrong copy shows up once the CA is enabled.
+        let ca_pem = kept.and_then(|ca| {
+            ca.cert_pem
+                .as_deref()
+                .or_else(|| o.params.get(&ca_chain_param(ctx)).map(Secret::expose))
+        });
         let region = &ctx.config.cluster.nomad_region;
         for leaf in Leaf::ALL {
             let (cert_name, key_name) = leaf.params(ctx);
@@ -334,7 +365,11 @@ impl Component for Pca {
             let key = o.params.get(&key_name);
             let want = leaf.identity(region);
             if let Some(why) = pki::needs_reissue(cert, key, ca_pem, &want, now, RENEW_WITHIN_DAYS) {
-                let action = if cert.is_none() { Action::Create } else { Action::Replace };
+                let action = if cert.is_none() {
+                    Action::Create
+                } else {
+                    Action::Replace
+                };
                 steps.push(planned(
                     Change::new(leaf.address(), action, why)
                         .field("common_name", None, Value::known(&want.common_name))
@@ -345,7 +380,10 @@ impl Component for Pca {
         }
         let known = |v: Option<&str>| v.map(Value::known).unwrap_or(Value::KnownAfterApply);
         let desired = [
-            (outputs::PCA_ARN.to_string(), known(kept.map(|ca| ca.arn.as_str()))),
+            (
+                outputs::PCA_ARN.to_string(),
+                known(kept.map(|ca| ca.arn.as_str())),
+            ),
             (ca_chain_param(ctx), known(ca_pem)),
         ];
         for (name, value) in desired {
@@ -357,7 +395,9 @@ impl Component for Pca {
     }
 
     fn exports(&self, o: &Observed, planned: &[Planned<Op>]) -> Exports {
-        let replaced = planned.iter().any(|p| matches!(p.op, Op::CreateCa | Op::ReplaceCa(_)));
+        let replaced = planned
+            .iter()
+            .any(|p| matches!(p.op, Op::CreateCa | Op::ReplaceCa(_)));
         let arn = match &o.ca {
             Some(ca) if !replaced => Value::known(&ca.arn),
             _ => Value::KnownAfterApply,
@@ -386,6 +426,15 @@ impl Component for Pca {
                     .await
                     .op(|| format!("enabling {}", ca.arn))?;
                 ca.status = Status::Active;
+                if ca.cert_pem.is_none() {
+                    ca.cert_pem = client
+                        .get_certificate_authority_certificate()
+                        .certificate_authority_arn(&ca.arn)
+                        .send()
+                        .await
+                        .op(|| format!("reading the certificate of {}", ca.arn))?
+                        .certificate;
+                }
                 Ok(Applied::Done)
             }
             Op::DeleteCa(arn) => {
@@ -421,12 +470,21 @@ impl Component for Pca {
         let mut steps: Vec<Planned<Op>> = o
             .params
             .keys()
-            .map(|name| planned(Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"), Op::DeleteParam(name.clone())))
+            .map(|name| {
+                planned(
+                    Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"),
+                    Op::DeleteParam(name.clone()),
+                )
+            })
             .collect();
         for ca in o.ca.iter().chain(&o.twins) {
             steps.push(planned(
-                Change::new(ADDRESS, Action::Delete, "cloud down: disable, then delete (restorable for 7 days)")
-                    .field("arn", Some(Value::known(&ca.arn)), Value::known("(deleted)")),
+                Change::new(
+                    ADDRESS,
+                    Action::Delete,
+                    "cloud down: disable, then delete (restorable for 7 days)",
+                )
+                .field("arn", Some(Value::known(&ca.arn)), Value::known("(deleted)")),
                 Op::DeleteCa(ca.arn.clone()),
             ));
         }
@@ -450,7 +508,8 @@ impl Component for Pca {
         for (name, value) in &o.params {
             let state = match pki::facts(value.expose()) {
                 Ok(f) if !name.ends_with("PrivateKey") => format!(
-                    "certificate, expires {}",
+                    "certificate {}, expires {}",
+                    f.serial_hex,
                     time::OffsetDateTime::from_unix_timestamp(f.not_after)
                         .map(|t| t.date().to_string())
                         .unwrap_or_default()
@@ -458,7 +517,11 @@ impl Component for Pca {
                 _ if name.ends_with("PrivateKey") => "private key (sensitive)".into(),
                 _ => "set".into(),
             };
-            let id = if name == outputs::PCA_ARN { value.expose().to_string() } else { String::new() };
+            let id = if name == outputs::PCA_ARN {
+                value.expose().to_string()
+            } else {
+                String::new()
+            };
             rows.push(StatusRow {
                 address: format!("ssm:{name}"),
                 state,
@@ -488,7 +551,9 @@ async fn create_ca(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observed)
         .send()
         .await
         .op(|| format!("creating the private CA in {}", ctx.aws.region))?;
-    let arn = out.certificate_authority_arn.context("CreateCertificateAuthority returned no ARN")?;
+    let arn = out
+        .certificate_authority_arn
+        .context("CreateCertificateAuthority returned no ARN")?;
     o.ca = Some(Ca {
         arn,
         status: Status::Creating,
@@ -506,9 +571,16 @@ async fn install_root(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observ
         what: what.to_string(),
         retry_after: POLL,
     };
-    let csr = match client.get_certificate_authority_csr().certificate_authority_arn(&arn).send().await {
+    let csr = match client
+        .get_certificate_authority_csr()
+        .certificate_authority_arn(&arn)
+        .send()
+        .await
+    {
         Ok(out) => out.csr.context("GetCertificateAuthorityCsr returned no CSR")?,
-        Err(e) if code(&e) == Some("RequestInProgressException") => return Ok(pending("waiting for the CA's CSR")),
+        Err(e) if code(&e) == Some("RequestInProgressException") => {
+            return Ok(pending("waiting for the CA's CSR"))
+        }
         Err(e) => return Err(e).op(|| format!("reading the CSR of {arn}")),
     };
     let cert_arn = match &o.root_cert_arn {
@@ -520,7 +592,12 @@ async fn install_root(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observ
                 .csr(Blob::new(csr.as_bytes()))
                 .signing_algorithm(SigningAlgorithm::Sha256Withrsa)
                 .template_arn(ROOT_TEMPLATE)
-                .validity(Validity::builder().value(ROOT_VALIDITY_YEARS).r#type(ValidityPeriodType::Years).build()?)
+                .validity(
+                    Validity::builder()
+                        .value(ROOT_VALIDITY_YEARS)
+                        .r#type(ValidityPeriodType::Years)
+                        .build()?,
+                )
                 .idempotency_token(pki::token(&[&arn, "root-certificate"]))
                 .send()
                 .await
@@ -530,9 +607,19 @@ async fn install_root(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observ
             a
         }
     };
-    let cert = match client.get_certificate().certificate_authority_arn(&arn).certificate_arn(&cert_arn).send().await {
-        Ok(out) => out.certificate.context("GetCertificate returned no certificate")?,
-        Err(e) if code(&e) == Some("RequestInProgressException") => return Ok(pending("waiting for the root certificate")),
+    let cert = match client
+        .get_certificate()
+        .certificate_authority_arn(&arn)
+        .certificate_arn(&cert_arn)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .certificate
+            .context("GetCertificate returned no certificate")?,
+        Err(e) if code(&e) == Some("RequestInProgressException") => {
+            return Ok(pending("waiting for the root certificate"))
+        }
         Err(e) => return Err(e).op(|| format!("reading the root certificate of {arn}")),
     };
     client
@@ -551,7 +638,12 @@ async fn install_root(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observ
 
 /// New key in memory, CSR, certificate from the CA; key then certificate
 /// to SSM, so a crash between them shows as a mismatch and is re-issued.
-async fn issue_leaf(ctx: &Ctx, client: &aws_sdk_acmpca::Client, leaf: Leaf, o: &mut Observed) -> Result<Applied> {
+async fn issue_leaf(
+    ctx: &Ctx,
+    client: &aws_sdk_acmpca::Client,
+    leaf: Leaf,
+    o: &mut Observed,
+) -> Result<Applied> {
     let ca = o.ca.as_ref().context("the CA must exist before it issues")?;
     if ca.status != Status::Active {
         bail!("the CA {} is {}, not ACTIVE", ca.arn, ca.status.as_str());
@@ -567,18 +659,32 @@ async fn issue_leaf(ctx: &Ctx, client: &aws_sdk_acmpca::Client, leaf: Leaf, o: &
                 .certificate_authority_arn(&arn)
                 .csr(Blob::new(made.csr_pem.as_bytes()))
                 .signing_algorithm(SigningAlgorithm::Sha256Withrsa)
-                .validity(Validity::builder().value(LEAF_VALIDITY_DAYS).r#type(ValidityPeriodType::Days).build()?)
+                .validity(
+                    Validity::builder()
+                        .value(LEAF_VALIDITY_DAYS)
+                        .r#type(ValidityPeriodType::Days)
+                        .build()?,
+                )
                 .idempotency_token(pki::token(&[&made.csr_pem]))
                 .send()
                 .await
                 .op(|| format!("issuing {} from {arn}", id.common_name))?;
             let cert_arn = out.certificate_arn.context("IssueCertificate returned no ARN")?;
-            o.leaf_in_flight.insert(leaf.address(), (made.key_pem.clone(), cert_arn.clone()));
+            o.leaf_in_flight
+                .insert(leaf.address(), (made.key_pem.clone(), cert_arn.clone()));
             (made.key_pem, cert_arn)
         }
     };
-    let cert = match client.get_certificate().certificate_authority_arn(&arn).certificate_arn(&cert_arn).send().await {
-        Ok(out) => out.certificate.context("GetCertificate returned no certificate")?,
+    let cert = match client
+        .get_certificate()
+        .certificate_authority_arn(&arn)
+        .certificate_arn(&cert_arn)
+        .send()
+        .await
+    {
+        Ok(out) => out
+            .certificate
+            .context("GetCertificate returned no certificate")?,
         Err(e) if code(&e) == Some("RequestInProgressException") => {
             return Ok(Applied::Pending {
                 what: "waiting for the certificate".into(),
@@ -588,9 +694,18 @@ async fn issue_leaf(ctx: &Ctx, client: &aws_sdk_acmpca::Client, leaf: Leaf, o: &
         Err(e) => return Err(e).op(|| format!("reading certificate {cert_arn}")),
     };
     let (cert_name, key_name) = leaf.params(ctx);
-    ctx.outputs.write(&key_name, key.expose(), Kind::Secure, o.params.contains_key(&key_name)).await?;
+    ctx.outputs
+        .write(
+            &key_name,
+            key.expose(),
+            Kind::Secure,
+            o.params.contains_key(&key_name),
+        )
+        .await?;
     o.params.insert(key_name, key);
-    ctx.outputs.write(&cert_name, &cert, Kind::Plain, o.params.contains_key(&cert_name)).await?;
+    ctx.outputs
+        .write(&cert_name, &cert, Kind::Plain, o.params.contains_key(&cert_name))
+        .await?;
     o.params.insert(cert_name, Secret::new(cert));
     o.leaf_in_flight.remove(leaf.address());
     Ok(Applied::Done)
@@ -599,7 +714,11 @@ async fn issue_leaf(ctx: &Ctx, client: &aws_sdk_acmpca::Client, leaf: Leaf, o: &
 /// Disable (AWS refuses to delete an ACTIVE CA), then delete with the
 /// shortest restore window. Already deleted or gone counts as done.
 async fn delete_ca(client: &aws_sdk_acmpca::Client, arn: &str) -> Result<()> {
-    let described = client.describe_certificate_authority().certificate_authority_arn(arn).send().await;
+    let described = client
+        .describe_certificate_authority()
+        .certificate_authority_arn(arn)
+        .send()
+        .await;
     let status = match described {
         Ok(out) => out.certificate_authority.and_then(|c| c.status),
         Err(e) if code(&e) == Some("ResourceNotFoundException") => return Ok(()),

@@ -69,7 +69,9 @@ pub fn device_policy(role: &DeviceRole, region: &str, account: &str) -> Option<J
             .iter()
             .map(|t| format!("arn:aws:iot:{region}:{account}:topic/{t}"))
             .collect();
-        statements.push(json!({"Sid": "IotPublish", "Effect": "Allow", "Action": "iot:Publish", "Resource": topics}));
+        statements.push(
+            json!({"Sid": "IotPublish", "Effect": "Allow", "Action": "iot:Publish", "Resource": topics}),
+        );
     }
     (!statements.is_empty()).then(|| json!({"Version": "2012-10-17", "Statement": statements}))
 }
@@ -218,7 +220,9 @@ fn percent_decode(s: &str) -> Result<String> {
     while i < bytes.len() {
         match bytes[i] {
             b'%' => {
-                let hex = bytes.get(i + 1..i + 3).context("truncated %-escape in policy document")?;
+                let hex = bytes
+                    .get(i + 1..i + 3)
+                    .context("truncated %-escape in policy document")?;
                 let hex = std::str::from_utf8(hex)?;
                 out.push(u8::from_str_radix(hex, 16).with_context(|| format!("bad escape %{hex}"))?);
                 i += 3;
@@ -250,7 +254,11 @@ async fn observe_role(ctx: &Ctx) -> Result<Option<Role>> {
         .send()
         .await
         .op(|| format!("reading the tags of IAM role {name}"))?;
-    if !tags.tags.iter().any(|t| t.key == TAG_KEY && t.value == ctx.deployment) {
+    if !tags
+        .tags
+        .iter()
+        .any(|t| t.key == TAG_KEY && t.value == ctx.deployment)
+    {
         bail!(crate::error::User::new(
             format!("IAM role {name} exists but is not tagged {TAG_KEY}={}", ctx.deployment),
             "edgectl does not adopt resources it did not create; rename or delete that role, or pick another `--deployment`"
@@ -361,9 +369,13 @@ impl Component for RolesAnywhere {
         // Trust anchor on the CA.
         match &o.anchor {
             None => steps.push(planned(
-                Change::new(ANCHOR, Action::Create, "no trust anchor tagged for this deployment")
-                    .field("name", None, Value::known(anchor_name(ctx)))
-                    .field("source", None, pca.clone()),
+                Change::new(
+                    ANCHOR,
+                    Action::Create,
+                    "no trust anchor tagged for this deployment",
+                )
+                .field("name", None, Value::known(anchor_name(ctx)))
+                .field("source", None, pca.clone()),
                 Op::CreateAnchor,
             )),
             Some(a) => {
@@ -391,7 +403,11 @@ impl Component for RolesAnywhere {
         }
         for extra in &o.extra_anchors {
             steps.push(planned(
-                Change::new(format!("{ANCHOR}#{}", extra.id), Action::Delete, "duplicate trust anchor with this deployment's tag"),
+                Change::new(
+                    format!("{ANCHOR}#{}", extra.id),
+                    Action::Delete,
+                    "duplicate trust anchor with this deployment's tag",
+                ),
                 Op::DeleteAnchor(extra.id.clone()),
             ));
         }
@@ -416,7 +432,11 @@ impl Component for RolesAnywhere {
                 }
                 for arn in &ctx.config.device_role.managed_policy_arns {
                     steps.push(planned(
-                        Change::new(format!("{ROLE}/attachment:{arn}"), Action::Create, "configured in device_role"),
+                        Change::new(
+                            format!("{ROLE}/attachment:{arn}"),
+                            Action::Create,
+                            "configured in device_role",
+                        ),
                         Op::AttachPolicy(arn.clone()),
                     ));
                 }
@@ -437,8 +457,16 @@ impl Component for RolesAnywhere {
                     (Some(_), have) => steps.push(planned(
                         Change::new(
                             ROLE_POLICY,
-                            if have.is_some() { Action::Update } else { Action::Create },
-                            if have.is_some() { "permissions differ" } else { "missing" },
+                            if have.is_some() {
+                                Action::Update
+                            } else {
+                                Action::Create
+                            },
+                            if have.is_some() {
+                                "permissions differ"
+                            } else {
+                                "missing"
+                            },
                         ),
                         Op::PutRolePolicy,
                     )),
@@ -451,7 +479,11 @@ impl Component for RolesAnywhere {
                 for arn in &ctx.config.device_role.managed_policy_arns {
                     if !r.attached.contains(arn) {
                         steps.push(planned(
-                            Change::new(format!("{ROLE}/attachment:{arn}"), Action::Create, "configured in device_role"),
+                            Change::new(
+                                format!("{ROLE}/attachment:{arn}"),
+                                Action::Create,
+                                "configured in device_role",
+                            ),
                             Op::AttachPolicy(arn.clone()),
                         ));
                     }
@@ -459,7 +491,11 @@ impl Component for RolesAnywhere {
                 for arn in &r.attached {
                     if !ctx.config.device_role.managed_policy_arns.contains(arn) {
                         steps.push(planned(
-                            Change::new(format!("{ROLE}/attachment:{arn}"), Action::Delete, "not in device_role"),
+                            Change::new(
+                                format!("{ROLE}/attachment:{arn}"),
+                                Action::Delete,
+                                "not in device_role",
+                            ),
                             Op::DetachPolicy(arn.clone()),
                         ));
                     }
@@ -481,7 +517,11 @@ impl Component for RolesAnywhere {
                 if !roles_ok || p.duration != Some(SESSION_SECONDS) {
                     steps.push(planned(
                         Change::new(PROFILE, Action::Update, "roles or session duration differ")
-                            .field("roles", Some(Value::known(p.role_arns.join(","))), known_or_later(role_arn))
+                            .field(
+                                "roles",
+                                Some(Value::known(p.role_arns.join(","))),
+                                known_or_later(role_arn),
+                            )
                             .field(
                                 "session",
                                 p.duration.map(|d| Value::known(format!("{d} s"))),
@@ -504,7 +544,11 @@ impl Component for RolesAnywhere {
         }
         for extra in &o.extra_profiles {
             steps.push(planned(
-                Change::new(format!("{PROFILE}#{}", extra.id), Action::Delete, "duplicate profile with this deployment's tag"),
+                Change::new(
+                    format!("{PROFILE}#{}", extra.id),
+                    Action::Delete,
+                    "duplicate profile with this deployment's tag",
+                ),
                 Op::DeleteProfile(extra.id.clone()),
             ));
         }
@@ -557,7 +601,9 @@ impl Component for RolesAnywhere {
                     .send()
                     .await
                     .op(|| format!("creating trust anchor {} in {}", anchor_name(ctx), ctx.aws.region))?;
-                let a = out.trust_anchor.context("CreateTrustAnchor returned no trust anchor")?;
+                let a = out
+                    .trust_anchor
+                    .context("CreateTrustAnchor returned no trust anchor")?;
                 o.anchor = Some(Anchor {
                     id: a.trust_anchor_id.context("no trust anchor id")?,
                     arn: a.trust_anchor_arn.context("no trust anchor ARN")?,
@@ -596,13 +642,21 @@ impl Component for RolesAnywhere {
                 o.extra_anchors.retain(|a| &a.id != id);
             }
             Op::CreateRole => {
-                let anchor = o.anchor.as_ref().context("the trust anchor must exist before the role")?;
+                let anchor = o
+                    .anchor
+                    .as_ref()
+                    .context("the trust anchor must exist before the role")?;
                 let out = iam
                     .create_role()
                     .role_name(&name)
                     .description("Assumed by edge devices through IAM Roles Anywhere (edgectl)")
                     .assume_role_policy_document(trust_policy(&anchor.arn).to_string())
-                    .tags(aws_sdk_iam::types::Tag::builder().key(TAG_KEY).value(&ctx.deployment).build()?)
+                    .tags(
+                        aws_sdk_iam::types::Tag::builder()
+                            .key(TAG_KEY)
+                            .value(&ctx.deployment)
+                            .build()?,
+                    )
                     .send()
                     .await
                     .op(|| format!("creating IAM role {name}"))?;
@@ -615,7 +669,10 @@ impl Component for RolesAnywhere {
                 });
             }
             Op::SetTrustPolicy => {
-                let anchor = o.anchor.as_ref().context("the trust anchor must exist before the role")?;
+                let anchor = o
+                    .anchor
+                    .as_ref()
+                    .context("the trust anchor must exist before the role")?;
                 let doc = trust_policy(&anchor.arn);
                 iam.update_assume_role_policy()
                     .role_name(&name)
@@ -638,8 +695,14 @@ impl Component for RolesAnywhere {
                 o.role.as_mut().context("no role")?.inline = Some(doc);
             }
             Op::DeleteRolePolicy => {
-                ignore_missing(iam.delete_role_policy().role_name(&name).policy_name(INLINE_POLICY_NAME).send().await)
-                    .op(|| format!("deleting policy {INLINE_POLICY_NAME} of {name}"))?;
+                ignore_missing(
+                    iam.delete_role_policy()
+                        .role_name(&name)
+                        .policy_name(INLINE_POLICY_NAME)
+                        .send()
+                        .await,
+                )
+                .op(|| format!("deleting policy {INLINE_POLICY_NAME} of {name}"))?;
                 if let Some(r) = o.role.as_mut() {
                     r.inline = None;
                 }
@@ -654,8 +717,14 @@ impl Component for RolesAnywhere {
                 o.role.as_mut().context("no role")?.attached.push(arn.clone());
             }
             Op::DetachPolicy(arn) => {
-                ignore_missing(iam.detach_role_policy().role_name(&name).policy_arn(arn).send().await)
-                    .op(|| format!("detaching {arn} from {name}"))?;
+                ignore_missing(
+                    iam.detach_role_policy()
+                        .role_name(&name)
+                        .policy_arn(arn)
+                        .send()
+                        .await,
+                )
+                .op(|| format!("detaching {arn} from {name}"))?;
                 if let Some(r) = o.role.as_mut() {
                     r.attached.retain(|a| a != arn);
                 }
@@ -664,12 +733,24 @@ impl Component for RolesAnywhere {
                 // IAM refuses to delete a role that still has policies.
                 if let Some(r) = o.role.clone() {
                     if r.inline.is_some() {
-                        ignore_missing(iam.delete_role_policy().role_name(&name).policy_name(INLINE_POLICY_NAME).send().await)
-                            .op(|| format!("deleting policy {INLINE_POLICY_NAME} of {name}"))?;
+                        ignore_missing(
+                            iam.delete_role_policy()
+                                .role_name(&name)
+                                .policy_name(INLINE_POLICY_NAME)
+                                .send()
+                                .await,
+                        )
+                        .op(|| format!("deleting policy {INLINE_POLICY_NAME} of {name}"))?;
                     }
                     for arn in &r.attached {
-                        ignore_missing(iam.detach_role_policy().role_name(&name).policy_arn(arn).send().await)
-                            .op(|| format!("detaching {arn} from {name}"))?;
+                        ignore_missing(
+                            iam.detach_role_policy()
+                                .role_name(&name)
+                                .policy_arn(arn)
+                                .send()
+                                .await,
+                        )
+                        .op(|| format!("detaching {arn} from {name}"))?;
                     }
                 }
                 ignore_missing(iam.delete_role().role_name(&name).send().await)
@@ -677,7 +758,10 @@ impl Component for RolesAnywhere {
                 o.role = None;
             }
             Op::CreateProfile => {
-                let role = o.role.as_ref().context("the role must exist before the profile")?;
+                let role = o
+                    .role
+                    .as_ref()
+                    .context("the role must exist before the profile")?;
                 let out = client
                     .create_profile()
                     .name(profile_name(ctx))
@@ -698,7 +782,12 @@ impl Component for RolesAnywhere {
                 });
             }
             Op::UpdateProfile => {
-                let role = o.role.as_ref().context("the role must exist before the profile")?.arn.clone();
+                let role = o
+                    .role
+                    .as_ref()
+                    .context("the role must exist before the profile")?
+                    .arn
+                    .clone();
                 let p = o.profile.as_mut().context("no profile")?;
                 client
                     .update_profile()
@@ -745,7 +834,9 @@ impl Component for RolesAnywhere {
                     },
                 }
                 .with_context(|| format!("{param}: its resource does not exist"))?;
-                ctx.outputs.write(param, &value, Kind::Plain, o.params.contains_key(*param)).await?;
+                ctx.outputs
+                    .write(param, &value, Kind::Plain, o.params.contains_key(*param))
+                    .await?;
                 o.params.insert(param.to_string(), Secret::new(value));
             }
             Op::DeleteParam(param) => {
@@ -760,24 +851,39 @@ impl Component for RolesAnywhere {
         let mut steps = Vec::new();
         for name in PARAMS {
             if o.params.contains_key(name) {
-                steps.push(planned(Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"), Op::DeleteParam(name)));
+                steps.push(planned(
+                    Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"),
+                    Op::DeleteParam(name),
+                ));
             }
         }
         for p in o.profile.iter().chain(&o.extra_profiles) {
             steps.push(planned(
-                Change::new(PROFILE, Action::Delete, "cloud down").field("arn", Some(Value::known(&p.arn)), Value::known("(deleted)")),
+                Change::new(PROFILE, Action::Delete, "cloud down").field(
+                    "arn",
+                    Some(Value::known(&p.arn)),
+                    Value::known("(deleted)"),
+                ),
                 Op::DeleteProfile(p.id.clone()),
             ));
         }
         if let Some(r) = &o.role {
             steps.push(planned(
-                Change::new(ROLE, Action::Delete, "cloud down").field("arn", Some(Value::known(&r.arn)), Value::known("(deleted)")),
+                Change::new(ROLE, Action::Delete, "cloud down").field(
+                    "arn",
+                    Some(Value::known(&r.arn)),
+                    Value::known("(deleted)"),
+                ),
                 Op::DeleteRole,
             ));
         }
         for a in o.anchor.iter().chain(&o.extra_anchors) {
             steps.push(planned(
-                Change::new(ANCHOR, Action::Delete, "cloud down").field("arn", Some(Value::known(&a.arn)), Value::known("(deleted)")),
+                Change::new(ANCHOR, Action::Delete, "cloud down").field(
+                    "arn",
+                    Some(Value::known(&a.arn)),
+                    Value::known("(deleted)"),
+                ),
                 Op::DeleteAnchor(a.id.clone()),
             ));
         }
@@ -798,7 +904,11 @@ impl Component for RolesAnywhere {
             row(ANCHOR, o.anchor.as_ref().map(|a| (a.enabled, a.arn.as_str()))),
             StatusRow {
                 address: ROLE.into(),
-                state: if o.role.is_some() { "present".into() } else { "absent".into() },
+                state: if o.role.is_some() {
+                    "present".into()
+                } else {
+                    "absent".into()
+                },
                 id: o.role.as_ref().map(|r| r.arn.clone()).unwrap_or_default(),
             },
             row(PROFILE, o.profile.as_ref().map(|p| (p.enabled, p.arn.as_str()))),
@@ -844,9 +954,20 @@ mod tests {
         let p = trust_policy("arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/abc");
         let st = &p["Statement"][0];
         assert_eq!(st["Principal"]["Service"], "rolesanywhere.amazonaws.com");
-        let actions: Vec<&str> = st["Action"].as_array().unwrap().iter().map(|a| a.as_str().unwrap()).collect();
-        assert_eq!(actions, ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]);
-        assert_eq!(st["Condition"]["ArnEquals"]["aws:SourceArn"], "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/abc");
+        let actions: Vec<&str> = st["Action"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|a| a.as_str().unwrap())
+            .collect();
+        assert_eq!(
+            actions,
+            ["sts:AssumeRole", "sts:TagSession", "sts:SetSourceIdentity"]
+        );
+        assert_eq!(
+            st["Condition"]["ArnEquals"]["aws:SourceArn"],
+            "arn:aws:rolesanywhere:eu-west-1:123456789012:trust-anchor/abc"
+        );
         assert_eq!(p["Version"], "2012-10-17");
     }
 
@@ -855,7 +976,10 @@ mod tests {
         let p = device_policy(&DeviceRole::default(), "eu-west-1", "123456789012").unwrap();
         let text = p.to_string();
         assert!(text.contains("arn:aws:iot:eu-west-1:123456789012:topic/hello/world"));
-        assert!(!text.contains("\"*\"") || text.matches("\"Resource\":\"*\"").count() == 1, "only ecr:GetAuthorizationToken may use *: {text}");
+        assert!(
+            !text.contains("\"*\"") || text.matches("\"Resource\":\"*\"").count() == 1,
+            "only ecr:GetAuthorizationToken may use *: {text}"
+        );
         assert!(!text.contains("FullAccess") && !text.contains("kinesis") && !text.contains("s3:"));
         let none = DeviceRole {
             managed_policy_arns: vec![],

@@ -133,10 +133,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, Invalid> {
     })?;
     deployment.validate(&mut problems, &mut warnings);
     if problems.is_empty() {
-        Ok(Loaded {
-            deployment,
-            warnings,
-        })
+        Ok(Loaded { deployment, warnings })
     } else {
         Err(Invalid { problems })
     }
@@ -186,9 +183,7 @@ fn check_shape(json: &Json, problems: &mut Vec<String>, warnings: &mut Vec<Strin
                     problems.push(format!("{name}: expected true or false, found {v}"))
                 }
                 (Some(v), JsonType::StrList)
-                    if !v
-                        .as_array()
-                        .is_some_and(|a| a.iter().all(Json::is_string)) =>
+                    if !v.as_array().is_some_and(|a| a.iter().all(Json::is_string)) =>
                 {
                     problems.push(format!("{name}: expected a list of strings, found {v}"))
                 }
@@ -236,10 +231,7 @@ impl Deployment {
             ),
             ("authentication.username", &self.authentication.username),
             ("authentication.email", &self.authentication.email),
-            (
-                "authentication.domain_prefix",
-                &self.authentication.domain_prefix,
-            ),
+            ("authentication.domain_prefix", &self.authentication.domain_prefix),
         ];
         let mut bad = Vec::new();
         for (name, value) in strings {
@@ -257,8 +249,7 @@ impl Deployment {
 
         match c.instance_count {
             1 => warnings.push(
-                "cluster.instance_count: 1 server works but is not highly available; use 3 or 5"
-                    .into(),
+                "cluster.instance_count: 1 server works but is not highly available; use 3 or 5".into(),
             ),
             n if !(1..=9).contains(&n) => problems.push(format!(
                 "cluster.instance_count: {n} is outside 1..9 (Nomad servers: 1, 3, 5, 7 or 9)"
@@ -444,26 +435,90 @@ mod tests {
     #[test]
     fn table_of_bad_values() {
         let cases: &[(&[&str], Json, &str)] = &[
-            (&["cluster", "instance_count"], 4.into(), "cluster.instance_count: 4 is even"),
-            (&["cluster", "instance_count"], 11.into(), "cluster.instance_count: 11 is outside 1..9"),
-            (&["cluster", "instance_count"], 0.into(), "cluster.instance_count: 0 is outside 1..9"),
-            (&["cluster", "instance_count"], "3".into(), "cluster.instance_count: expected a whole number"),
-            (&["authentication", "email"], "not-an-email".into(), "authentication.email: \"not-an-email\" is not a valid email"),
-            (&["authentication", "email"], "a@b".into(), "authentication.email:"),
-            (&["authentication", "email"], "<your email>".into(), "authentication.email: placeholder value"),
-            (&["authentication", "domain_prefix"], "Robot".into(), "authentication.domain_prefix: \"Robot\" may hold only lower-case"),
-            (&["authentication", "domain_prefix"], "-robot".into(), "must start with a lower-case letter"),
-            (&["authentication", "domain_prefix"], "robot-".into(), "must not end with '-'"),
-            (&["authentication", "domain_prefix"], "my_robots".into(), "may hold only lower-case"),
-            (&["authentication", "domain_prefix"], "awsrobots".into(), "reserved words"),
-            (&["cluster", "nomad_region"], "".into(), "cluster.nomad_region: must not be empty"),
-            (&["cluster", "nomad_region"], "eu west".into(), "cluster.nomad_region: \"eu west\" may hold only"),
-            (&["certificates", "ca_cert_secret_name"], "a/b".into(), "certificates.ca_cert_secret_name:"),
+            (
+                &["cluster", "instance_count"],
+                4.into(),
+                "cluster.instance_count: 4 is even",
+            ),
+            (
+                &["cluster", "instance_count"],
+                11.into(),
+                "cluster.instance_count: 11 is outside 1..9",
+            ),
+            (
+                &["cluster", "instance_count"],
+                0.into(),
+                "cluster.instance_count: 0 is outside 1..9",
+            ),
+            (
+                &["cluster", "instance_count"],
+                "3".into(),
+                "cluster.instance_count: expected a whole number",
+            ),
+            (
+                &["authentication", "email"],
+                "not-an-email".into(),
+                "authentication.email: \"not-an-email\" is not a valid email",
+            ),
+            (
+                &["authentication", "email"],
+                "a@b".into(),
+                "authentication.email:",
+            ),
+            (
+                &["authentication", "email"],
+                "<your email>".into(),
+                "authentication.email: placeholder value",
+            ),
+            (
+                &["authentication", "domain_prefix"],
+                "Robot".into(),
+                "authentication.domain_prefix: \"Robot\" may hold only lower-case",
+            ),
+            (
+                &["authentication", "domain_prefix"],
+                "-robot".into(),
+                "must start with a lower-case letter",
+            ),
+            (
+                &["authentication", "domain_prefix"],
+                "robot-".into(),
+                "must not end with '-'",
+            ),
+            (
+                &["authentication", "domain_prefix"],
+                "my_robots".into(),
+                "may hold only lower-case",
+            ),
+            (
+                &["authentication", "domain_prefix"],
+                "awsrobots".into(),
+                "reserved words",
+            ),
+            (
+                &["cluster", "nomad_region"],
+                "".into(),
+                "cluster.nomad_region: must not be empty",
+            ),
+            (
+                &["cluster", "nomad_region"],
+                "eu west".into(),
+                "cluster.nomad_region: \"eu west\" may hold only",
+            ),
+            (
+                &["certificates", "ca_cert_secret_name"],
+                "a/b".into(),
+                "certificates.ca_cert_secret_name:",
+            ),
         ];
         for (path, value, expected) in cases {
             let p = problems(&with(path, value.clone()));
             assert_eq!(p.len(), 1, "{path:?}={value}: {p:?}");
-            assert!(p[0].starts_with(expected) || p[0].contains(expected), "{path:?}={value}: got {:?}, want {expected:?}", p[0]);
+            assert!(
+                p[0].starts_with(expected) || p[0].contains(expected),
+                "{path:?}={value}: got {:?}, want {expected:?}",
+                p[0]
+            );
         }
     }
 
@@ -480,7 +535,10 @@ mod tests {
         let p = problems(text);
         assert!(p.contains(&"certificates: missing section".to_string()), "{p:?}");
         assert!(p.contains(&"cluster.nomad_region: missing".to_string()), "{p:?}");
-        assert!(p.contains(&"cluster.datacenter_name: missing".to_string()), "{p:?}");
+        assert!(
+            p.contains(&"cluster.datacenter_name: missing".to_string()),
+            "{p:?}"
+        );
     }
 
     #[test]
@@ -498,7 +556,10 @@ mod tests {
 
     #[test]
     fn device_role_is_checked() {
-        let p = problems(&with(&["device_role"], serde_json::json!({"managed_policy_arns": ["AdministratorAccess"], "iot_publish_topics": ["a/#"]})));
+        let p = problems(&with(
+            &["device_role"],
+            serde_json::json!({"managed_policy_arns": ["AdministratorAccess"], "iot_publish_topics": ["a/#"]}),
+        ));
         assert_eq!(p.len(), 2, "{p:?}");
         assert!(p[0].starts_with("device_role.managed_policy_arns[0]"));
         assert!(p[1].starts_with("device_role.iot_publish_topics[0]"));

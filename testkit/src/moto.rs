@@ -169,8 +169,7 @@ fn spawn(server: &Path, port: u16) -> anyhow::Result<Moto> {
         .tempdir()
         .context("creating a temp dir for the moto log")?;
     let log_path = dir.path().join("moto.log");
-    let log = std::fs::File::create(&log_path)
-        .with_context(|| format!("creating {}", log_path.display()))?;
+    let log = std::fs::File::create(&log_path).with_context(|| format!("creating {}", log_path.display()))?;
     let mut cmd = Command::new(server);
     cmd.args(["-H", "127.0.0.1", "-p", &port.to_string()])
         // Stricter validation, as specs/moto.md asks.
@@ -229,9 +228,7 @@ fn free_port() -> anyhow::Result<u16> {
 async fn http(port: u16, method: &str, path: &str) -> anyhow::Result<(u16, String)> {
     let io = async {
         let mut s = tokio::net::TcpStream::connect(("127.0.0.1", port)).await?;
-        let req = format!(
-            "{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n"
-        );
+        let req = format!("{method} {path} HTTP/1.0\r\nHost: 127.0.0.1:{port}\r\nContent-Length: 0\r\n\r\n");
         s.write_all(req.as_bytes()).await?;
         let mut buf = Vec::new();
         s.read_to_end(&mut buf).await?;

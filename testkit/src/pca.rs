@@ -15,8 +15,8 @@ use aws_config::SdkConfig;
 use aws_sdk_acmpca::error::ProvideErrorMetadata;
 use aws_sdk_acmpca::primitives::Blob;
 use aws_sdk_acmpca::types::{
-    Asn1Subject, CertificateAuthorityConfiguration, CertificateAuthorityStatus,
-    CertificateAuthorityType, KeyAlgorithm, SigningAlgorithm, Validity, ValidityPeriodType,
+    Asn1Subject, CertificateAuthorityConfiguration, CertificateAuthorityStatus, CertificateAuthorityType,
+    KeyAlgorithm, SigningAlgorithm, Validity, ValidityPeriodType,
 };
 use aws_sdk_acmpca::Client;
 use rcgen::{
@@ -243,11 +243,7 @@ impl ForeignCa {
 }
 
 /// Subject CN plus DNS and IP SANs, for CSRs and local certificates alike.
-fn leaf_params(
-    cn: &str,
-    dns_sans: &[&str],
-    ip_sans: &[IpAddr],
-) -> anyhow::Result<CertificateParams> {
+fn leaf_params(cn: &str, dns_sans: &[&str], ip_sans: &[IpAddr]) -> anyhow::Result<CertificateParams> {
     let dns: Vec<String> = dns_sans.iter().map(|s| s.to_string()).collect();
     let mut params = CertificateParams::new(dns).context("invalid DNS SAN")?;
     params.distinguished_name.push(DnType::CommonName, cn);
@@ -312,8 +308,8 @@ where
 }
 
 fn serial_hex(cert_pem: &str) -> anyhow::Result<String> {
-    let (_, pem) = x509_parser::pem::parse_x509_pem(cert_pem.as_bytes())
-        .context("the certificate is not PEM")?;
+    let (_, pem) =
+        x509_parser::pem::parse_x509_pem(cert_pem.as_bytes()).context("the certificate is not PEM")?;
     let cert = pem.parse_x509().context("the certificate is not X.509")?;
     Ok(cert.tbs_certificate.serial.to_str_radix(16))
 }

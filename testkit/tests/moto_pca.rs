@@ -42,10 +42,7 @@ async fn two_servers_are_independent() {
     let ssm_a = aws_sdk_ssm::Client::new(&a.sdk_config().await);
     let ssm_b = aws_sdk_ssm::Client::new(&b.sdk_config().await);
     put(&ssm_a, "/edgectl/test/only-in-a").await;
-    assert_eq!(
-        get(&ssm_a, "/edgectl/test/only-in-a").await.as_deref(),
-        Some("v")
-    );
+    assert_eq!(get(&ssm_a, "/edgectl/test/only-in-a").await.as_deref(), Some("v"));
     assert_eq!(get(&ssm_b, "/edgectl/test/only-in-a").await, None);
 }
 
@@ -112,10 +109,7 @@ fn check_signed_by(issued: &Issued, ca_pem: &str, dns: &[&str], ips: &[IpAddr]) 
         key.public_key_raw(),
         "key does not match certificate"
     );
-    assert_eq!(
-        issued.serial_hex,
-        cert.tbs_certificate.serial.to_str_radix(16)
-    );
+    assert_eq!(issued.serial_hex, cert.tbs_certificate.serial.to_str_radix(16));
     cert.verify_signature(Some(ca.public_key()))
         .expect("signature verifies with the CA key");
     assert!(!issued.chain_pem.is_empty());
@@ -165,10 +159,7 @@ async fn test_ca_issues_certificates_that_verify() {
     check_signed_by(&rsa, &ca.cert_pem, &dns, &ips);
     assert!(rsa.key_pem.contains("BEGIN PRIVATE KEY"));
     for purpose in ["sslserver", "sslclient"] {
-        assert!(
-            openssl_verify(&rsa.cert_pem, &ca.cert_pem, purpose),
-            "{purpose}"
-        );
+        assert!(openssl_verify(&rsa.cert_pem, &ca.cert_pem, purpose), "{purpose}");
     }
 
     let ec = ca
@@ -196,11 +187,7 @@ async fn foreign_ca_certificates_do_not_verify_against_the_test_ca() {
         // Positive control: the foreign certificate is well formed and
         // verifies against its own CA...
         check_signed_by(&issued, foreign.cert_pem(), &["node-7.edge"], &ips);
-        assert!(openssl_verify(
-            &issued.cert_pem,
-            foreign.cert_pem(),
-            "sslclient"
-        ));
+        assert!(openssl_verify(&issued.cert_pem, foreign.cert_pem(), "sslclient"));
         // ...but not against the TestCa.
         let der = pem_der(&issued.cert_pem);
         let (_, cert) = x509_parser::parse_x509_certificate(&der).unwrap();

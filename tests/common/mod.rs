@@ -74,7 +74,7 @@ impl Stand {
             .requests()
             .into_iter()
             .filter(|r| r.is_write())
-            .map(|r| format!("{}/{}", r.service, r.operation))
+            .map(|r| r.action())
             .collect()
     }
 }
