@@ -22,7 +22,10 @@ use std::time::{Duration, Instant};
 /// The components in dependency order: each may read what the ones before
 /// it export. `down` walks the list backwards.
 fn components() -> Vec<Box<dyn Erased>> {
-    vec![Box::new(pca::Pca), Box::new(roles_anywhere::RolesAnywhere)]
+    vec![
+        Box::new(pca::Pca),                      // root CA, Nomad server and CLI certificates
+        Box::new(roles_anywhere::RolesAnywhere), // trust anchor, device role, profile
+    ]
 }
 
 /// What every component may read.

@@ -693,9 +693,18 @@ fn start(name: &str, opts: &HostOptions, rootfs: &Path) -> anyhow::Result<TestHo
         ])
         .arg(format!("--machine={}", machine_name(n)))
         .arg(format!("--network-namespace-path=/run/netns/{ns}"));
+    let mut cgroup_procs = Vec::new();
     if !Path::new("/run/systemd/system").exists() {
-        // No systemd on this machine to create a scope unit: stay in ours.
+        // No systemd on this machine to make a scope unit per container, so
+        // nspawn stays in its caller's cgroup and makes `payload` and
+        // `supervisor` there: containers of one process would share one
+        // cgroup tree (their systemds then fail units with 219/CGROUP). So
+        // each nspawn starts in a cgroup of its own, per slot.
         cmd.arg("--keep-unit");
+        for cg in slot_cgroups(n) {
+            fs::create_dir_all(&cg).with_context(|| format!("mkdir {}", cg.display()))?;
+            cgroup_procs.push(cg.join("cgroup.procs"));
+        }
     }
     for (flag, binds) in [("--bind-ro", &opts.bind_ro), ("--bind", &opts.bind_rw)] {
         for (from, to) in binds {
@@ -707,7 +716,7 @@ fn start(name: &str, opts: &HostOptions, rootfs: &Path) -> anyhow::Result<TestHo
         .stdin(Stdio::null());
     let console = File::create(&host.console_log)?;
     cmd.stdout(console.try_clone()?).stderr(console);
-    let nspawn = spawn_with_waiter(cmd).context("starting systemd-nspawn")?;
+    let nspawn = spawn_with_waiter(cmd, &cgroup_procs).context("starting systemd-nspawn")?;
     host.slot.state.nspawn_pid = Some(nspawn.pid);
     host.nspawn = Some(nspawn);
     host.slot.state.write(n)?;
@@ -717,15 +726,33 @@ fn start(name: &str, opts: &HostOptions, rootfs: &Path) -> anyhow::Result<TestHo
 /// Spawns `cmd` (with PR_SET_PDEATHSIG=SIGTERM, in its own process group so
 /// a terminal's ^C reaches only the test process) from a thread that then
 /// waits for it.
-fn spawn_with_waiter(mut cmd: Command) -> anyhow::Result<Nspawn> {
+fn spawn_with_waiter(mut cmd: Command, cgroup_procs: &[PathBuf]) -> anyhow::Result<Nspawn> {
     let parent = std::process::id() as i32;
+    let procs: Vec<std::ffi::CString> = cgroup_procs
+        .iter()
+        .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
+        .collect::<Result<_, _>>()?;
     unsafe {
+        // Only async-signal-safe calls here (after fork, before exec).
         cmd.pre_exec(move || {
             if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
                 return Err(io::Error::last_os_error());
             }
             if libc::getppid() != parent {
                 libc::_exit(1);
+            }
+            for p in &procs {
+                // "0": the writing process itself.
+                let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
+                if fd < 0 {
+                    return Err(io::Error::last_os_error());
+                }
+                let written = libc::write(fd, b"0".as_ptr().cast(), 1);
+                let err = io::Error::last_os_error();
+                libc::close(fd);
+                if written != 1 {
+                    return Err(err);
+                }
             }
             Ok(())
         });
@@ -778,6 +805,13 @@ fn cleanup_slot(n: u16, state: &SlotState) -> anyhow::Result<()> {
                 ));
             }
             mounted = is_mounted(&root);
+        }
+    }
+    for cg in slot_cgroups(n) {
+        // The container's last processes may take a moment to leave.
+        wait_until(Duration::from_secs(3), || remove_cgroup_tree(&cg).is_ok());
+        if let Err(e) = remove_cgroup_tree(&cg) {
+            errors.push(format!("rmdir {}: {e}", cg.display()));
         }
     }
     let ns = netns_name(n);
@@ -859,6 +893,38 @@ fn veth_name(n: u16) -> String {
 fn machine_name(n: u16) -> String {
     format!("edgectl-th{n}")
 }
+/// The per-slot cgroups a container starts in when nspawn runs with
+/// --keep-unit: one in every hierarchy where systemd tracks processes (the
+/// cgroup2 one, and the v1 name=systemd one of a hybrid setup).
+fn slot_cgroups(n: u16) -> Vec<PathBuf> {
+    [
+        "/sys/fs/cgroup/unified",
+        "/sys/fs/cgroup/systemd",
+        "/sys/fs/cgroup",
+    ]
+    .iter()
+    .map(Path::new)
+    .filter(|h| h.join("cgroup.procs").exists())
+    .map(|h| h.join("edgectl-testhosts").join(format!("slot-{n}")))
+    .collect()
+}
+
+/// rmdir a cgroup and its children, depth first (a cgroup's control files
+/// go with its directory); fails while processes are in it.
+fn remove_cgroup_tree(cg: &Path) -> io::Result<()> {
+    let entries = match fs::read_dir(cg) {
+        Ok(e) => e,
+        Err(e) if e.kind() == io::ErrorKind::NotFound => return Ok(()),
+        Err(e) => return Err(e),
+    };
+    for entry in entries.flatten() {
+        if entry.file_type().is_ok_and(|t| t.is_dir()) {
+            remove_cgroup_tree(&entry.path())?;
+        }
+    }
+    fs::remove_dir(cg)
+}
+
 fn slot_lock_path(n: u16) -> PathBuf {
     Path::new(STATE_DIR).join(format!("slot-{n}.lock"))
 }

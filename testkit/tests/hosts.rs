@@ -126,6 +126,10 @@ async fn two_hosts_are_separate_machines_with_systemd_and_sshd() {
         );
     }
     assert_ne!(a.machine_id, b.machine_id);
+    // Separate cgroup trees (in a shared one their systemds fail units).
+    let cgroup_root_a = a.exec_ok("stat -c %i /sys/fs/cgroup").await.unwrap();
+    let cgroup_root_b = b.exec_ok("stat -c %i /sys/fs/cgroup").await.unwrap();
+    assert_ne!(cgroup_root_a, cgroup_root_b, "the hosts share a cgroup");
 
     // sshd, strict host key checking: root and pi (passwordless sudo).
     for h in &hosts {
@@ -407,30 +411,4 @@ async fn leftovers_of_a_killed_process_are_removed() {
         .expect("host boots");
     assert_gone(&t);
     survivor.stop().await;
-}
-
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore]
-async fn zz_probe_tmpfiles() {
-    for round in 0..8 {
-        let hosts = TestHost::boot_many(6, "probe", HostOptions::default())
-            .await
-            .unwrap();
-        for h in &hosts {
-            let st = h.exec("systemctl is-system-running").await.unwrap();
-            let st = String::from_utf8_lossy(&st.stdout).trim().to_string();
-            if st != "running" {
-                let j = h
-                    .exec("journalctl -b --no-pager -u systemd-tmpfiles-setup; systemctl --failed")
-                    .await
-                    .unwrap();
-                eprintln!(
-                    "round {round} {}: {st}\n{}",
-                    h.name,
-                    String::from_utf8_lossy(&j.stdout)
-                );
-            }
-        }
-        stop_all(hosts).await;
-    }
 }
