@@ -425,8 +425,9 @@ pub fn image_rootfs() -> anyhow::Result<PathBuf> {
             tail.into_iter().rev().collect::<Vec<_>>().join("\n")
         );
     }
-    if !stderr.trim().is_empty() {
-        eprint!("{stderr}");
+    // Its own progress lines (a build's timing), not mmdebstrap's.
+    for line in stderr.lines().filter(|l| l.starts_with("build-host-image:")) {
+        eprintln!("{line}");
     }
     Ok(ROOTFS.get_or_init(|| path).clone())
 }
