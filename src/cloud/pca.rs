@@ -607,20 +607,8 @@ async fn install_root(ctx: &Ctx, client: &aws_sdk_acmpca::Client, o: &mut Observ
             a
         }
     };
-    let cert = match client
-        .get_certificate()
-        .certificate_authority_arn(&arn)
-        .certificate_arn(&cert_arn)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .certificate
-            .context("GetCertificate returned no certificate")?,
-        Err(e) if code(&e) == Some("RequestInProgressException") => {
-            return Ok(pending("waiting for the root certificate"))
-        }
-        Err(e) => return Err(e).op(|| format!("reading the root certificate of {arn}")),
+    let Some(cert) = fetch_issued(client, &arn, &cert_arn).await? else {
+        return Ok(pending("waiting for the root certificate"));
     };
     client
         .import_certificate_authority_certificate()
@@ -675,23 +663,11 @@ async fn issue_leaf(
             (made.key_pem, cert_arn)
         }
     };
-    let cert = match client
-        .get_certificate()
-        .certificate_authority_arn(&arn)
-        .certificate_arn(&cert_arn)
-        .send()
-        .await
-    {
-        Ok(out) => out
-            .certificate
-            .context("GetCertificate returned no certificate")?,
-        Err(e) if code(&e) == Some("RequestInProgressException") => {
-            return Ok(Applied::Pending {
-                what: "waiting for the certificate".into(),
-                retry_after: Duration::from_secs(1),
-            })
-        }
-        Err(e) => return Err(e).op(|| format!("reading certificate {cert_arn}")),
+    let Some(cert) = fetch_issued(client, &arn, &cert_arn).await? else {
+        return Ok(Applied::Pending {
+            what: "waiting for the certificate".into(),
+            retry_after: Duration::from_secs(1),
+        });
     };
     let (cert_name, key_name) = leaf.params(ctx);
     ctx.outputs
@@ -709,6 +685,28 @@ async fn issue_leaf(
     o.params.insert(cert_name, Secret::new(cert));
     o.leaf_in_flight.remove(leaf.address());
     Ok(Applied::Done)
+}
+
+/// An issued certificate, or None while the CA is still signing it.
+async fn fetch_issued(
+    client: &aws_sdk_acmpca::Client,
+    ca_arn: &str,
+    cert_arn: &str,
+) -> Result<Option<String>> {
+    match client
+        .get_certificate()
+        .certificate_authority_arn(ca_arn)
+        .certificate_arn(cert_arn)
+        .send()
+        .await
+    {
+        Ok(out) => Ok(Some(
+            out.certificate
+                .context("GetCertificate returned no certificate")?,
+        )),
+        Err(e) if code(&e) == Some("RequestInProgressException") => Ok(None),
+        Err(e) => Err(e).op(|| format!("reading certificate {cert_arn} of {ca_arn}")),
+    }
 }
 
 /// Disable (AWS refuses to delete an ACTIVE CA), then delete with the
