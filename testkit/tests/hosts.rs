@@ -67,8 +67,12 @@ impl Traces {
 fn assert_gone(t: &Traces) {
     let listed = Command::new("ip").args(["netns", "list"]).output().unwrap();
     let listed = String::from_utf8_lossy(&listed.stdout);
-    let same_netns =
-        listed.split_whitespace().any(|w| w == t.netns) && netns_ino(&t.netns) == Some(t.netns_ino);
+    // Slot names and nsfs inode numbers are both reused by hosts that other
+    // tests boot meanwhile; a netns under the old name only counts as left
+    // behind while the dead host's own directory (named after its pid) is.
+    let same_netns = listed.split_whitespace().any(|w| w == t.netns)
+        && netns_ino(&t.netns) == Some(t.netns_ino)
+        && t.root_dir.exists();
     assert!(!same_netns, "netns {} left behind:\n{listed}", t.netns);
     let links = Command::new("ip").args(["-o", "link"]).output().unwrap();
     let links = String::from_utf8_lossy(&links.stdout);
