@@ -53,6 +53,22 @@ pub enum Command {
     /// The AWS side: private CA and IAM Roles Anywhere (Nomad control plane to come)
     #[command(subcommand)]
     Cloud(CloudCommand),
+    /// Print the nomad CLI's environment for this deployment: `eval "$(edgectl env)"`.
+    ///
+    /// Reads the load balancer's name and the CA from SSM, writes the CA to
+    /// `${XDG_CONFIG_HOME:-~/.config}/edgectl/<deployment>/ca.pem`, and prints
+    /// `export NOMAD_ADDR=… NOMAD_CACERT=… NOMAD_TLS_SERVER_NAME=…`. With `--token`,
+    /// also NOMAD_TOKEN (needs permission to read that SecureString).
+    /// Exit codes: 0 success, 1 error (e.g. the control plane is not up), 2 invalid input.
+    Env {
+        /// Also export NOMAD_TOKEN: the CI token (submit-job) or the management token
+        #[arg(long, value_enum)]
+        token: Option<crate::nomad_env::TokenKind>,
+        /// Also write the operator's CLI certificate and key (0600) and export
+        /// NOMAD_CLIENT_CERT/NOMAD_CLIENT_KEY; a private key lands on this disk only then
+        #[arg(long)]
+        client_cert: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -65,6 +81,8 @@ pub enum CloudCommand {
         /// Exit 2 when there are changes (as terraform's -detailed-exitcode)
         #[arg(long)]
         detailed_exitcode: bool,
+        #[command(flatten)]
+        only: Only,
     },
     /// Create or repair everything so AWS matches deployment.json.
     ///
@@ -72,9 +90,15 @@ pub enum CloudCommand {
     /// (trust anchor, device role, profile). Outputs go to SSM under /infrastructure/.
     /// A second run prints "no changes" and makes no write call.
     /// Exit codes: 0 success, 1 error, 2 invalid input.
-    Up,
+    Up {
+        #[command(flatten)]
+        only: Only,
+    },
     /// Show each component's resources and outputs. Exit codes: 0, 1 error, 2 invalid input.
-    Status,
+    Status {
+        #[command(flatten)]
+        only: Only,
+    },
     /// Delete everything this deployment made (the CA is disabled, then deleted).
     ///
     /// Asks for confirmation unless --yes. A second run is a no-op.
@@ -83,5 +107,33 @@ pub enum CloudCommand {
         /// Do not ask for confirmation
         #[arg(long)]
         yes: bool,
+        #[command(flatten)]
+        only: Only,
     },
+}
+
+#[derive(Debug, Args)]
+pub struct Only {
+    /// Only these components (comma-separated: pca, roles-anywhere, network, ingress,
+    /// servers, auth, acl), with the ones they need — for `down`, with the ones
+    /// that need them
+    #[arg(long, value_delimiter = ',', value_name = "COMPONENTS")]
+    pub only: Option<Vec<String>>,
+}
+
+impl CloudCommand {
+    pub fn only(&self) -> &Only {
+        match self {
+            CloudCommand::Plan { only, .. }
+            | CloudCommand::Up { only }
+            | CloudCommand::Status { only }
+            | CloudCommand::Down { only, .. } => only,
+        }
+    }
+}
+
+impl Only {
+    pub fn selection(&self) -> crate::cloud::Selection {
+        crate::cloud::Selection(self.only.clone())
+    }
 }

@@ -6,6 +6,8 @@ mod cli;
 mod cloud;
 mod config;
 mod error;
+mod nomad;
+mod nomad_env;
 mod output;
 mod outputs;
 mod pki;
@@ -57,7 +59,44 @@ fn init_tracing(verbose: u8) {
 async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
     match &cli.command {
         Command::Cloud(cmd) => run_cloud(cli, cmd, printer).await,
+        Command::Env { token, client_cert } => {
+            let ctx = context(cli, printer).await?;
+            let settings = nomad_env::EnvSettings {
+                dir: config_dir()?.join("edgectl").join(&cli.global.deployment),
+                token: *token,
+                client_cert: *client_cert,
+            };
+            let env = nomad_env::resolve(&ctx, &settings).await?;
+            match printer.format {
+                Format::Human => print!("{}", nomad_env::render(&env)),
+                // The token never goes into JSON: it only exists for `eval`.
+                Format::Json => printer.json(
+                    "env",
+                    &serde_json::json!({
+                        "variables": env.vars.iter().map(|(k, v)| (k.to_string(), v.clone())).collect::<std::collections::BTreeMap<_, _>>(),
+                        "token": env.token.as_ref().map(|_| "(sensitive)"),
+                    }),
+                ),
+            }
+            Ok(Exit::Ok)
+        }
     }
+}
+
+/// `$XDG_CONFIG_HOME`, else `~/.config`.
+fn config_dir() -> Result<std::path::PathBuf> {
+    if let Some(dir) = std::env::var_os("XDG_CONFIG_HOME").filter(|d| !d.is_empty()) {
+        return Ok(dir.into());
+    }
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .ok_or_else(|| {
+            User::new(
+                "neither XDG_CONFIG_HOME nor HOME is set",
+                "set HOME, or XDG_CONFIG_HOME to a writable directory",
+            )
+        })?;
+    Ok(std::path::PathBuf::from(home).join(".config"))
 }
 
 fn check_deployment_name(name: &str) -> Result<()> {
@@ -104,23 +143,30 @@ async fn context(cli: &Cli, printer: Printer) -> Result<cloud::Ctx> {
     })
     .await?;
     let outputs = outputs::Store::new(&aws.config, &aws.region, &g.deployment);
+    // The nomad CLI's variables, read here once; nothing deeper reads them.
+    let nomad = nomad::NomadSettings::resolve(|k| std::env::var(k).ok())?;
     Ok(cloud::Ctx {
         aws,
         deployment: g.deployment.clone(),
         config: loaded.deployment,
         outputs,
+        nomad,
     })
 }
 
 async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Exit> {
+    cloud::check(&cmd.only().selection())?;
     let ctx = context(cli, printer).await?;
     let reporter: Box<dyn output::Reporter> = match printer.format {
         Format::Human => Box::new(output::Terminal(printer)),
         Format::Json => Box::new(output::Quiet),
     };
     match cmd {
-        CloudCommand::Plan { detailed_exitcode } => {
-            let report = cloud::plan(&ctx).await?;
+        CloudCommand::Plan {
+            detailed_exitcode,
+            only,
+        } => {
+            let report = cloud::plan(&ctx, &only.selection()).await?;
             printer.report("cloud plan", &report, Tense::Will);
             Ok(if *detailed_exitcode && !report.planned.is_empty() {
                 Exit::Two
@@ -128,19 +174,19 @@ async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Ex
                 Exit::Ok
             })
         }
-        CloudCommand::Up => {
-            let report = cloud::up(&ctx, reporter.as_ref()).await?;
+        CloudCommand::Up { only } => {
+            let report = cloud::up(&ctx, &only.selection(), reporter.as_ref()).await?;
             printer.report("cloud up", &report, Tense::Did);
             Ok(Exit::Ok)
         }
-        CloudCommand::Status => {
-            printer.status(&cloud::status(&ctx).await?);
+        CloudCommand::Status { only } => {
+            printer.status(&cloud::status(&ctx, &only.selection()).await?);
             Ok(Exit::Ok)
         }
-        CloudCommand::Down { yes } => {
+        CloudCommand::Down { yes, only } => {
             let deployment = ctx.deployment.clone();
             let confirm = |changes: &[plan::Change]| confirm_down(*yes, &deployment, changes.len());
-            let report = cloud::down(&ctx, reporter.as_ref(), confirm).await?;
+            let report = cloud::down(&ctx, &only.selection(), reporter.as_ref(), confirm).await?;
             printer.report("cloud down", &report, Tense::Did);
             Ok(Exit::Ok)
         }

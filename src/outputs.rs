@@ -13,6 +13,20 @@ pub const TRUST_ANCHOR_ARN: &str = "/infrastructure/trust_anchor/arn";
 pub const PROFILE_ARN: &str = "/infrastructure/profile/arn";
 pub const ROLE_ARN: &str = "/infrastructure/role/arn";
 pub const CREDENTIAL_PROCESS: &str = "/infrastructure/roles_anywhere/credential_process";
+pub const COGNITO_USER_POOL_ID: &str = "/infrastructure/cognito/user_pool_id";
+pub const COGNITO_CLIENT_ID: &str = "/infrastructure/cognito/client_id";
+/// The app client's secret (SecureString); the Nomad OIDC auth method needs it.
+pub const COGNITO_CLIENT_SECRET: &str = "/infrastructure/cognito/client_secret";
+/// The hosted UI's host name, `<domain_prefix>.auth.<region>.amazoncognito.com`.
+pub const COGNITO_DOMAIN: &str = "/infrastructure/cognito/domain";
+/// DNS name of the load balancer in front of Nomad (the ingress output).
+pub const NOMAD_ENDPOINT: &str = "/infrastructure/nomad/endpoint";
+/// Nomad's ACL management token (SecureString), stored before the bootstrap call.
+pub const NOMAD_BOOTSTRAP_TOKEN: &str = "/infrastructure/nomad/token/bootstrap";
+/// A client token bound to `submit-job`, for CI (SecureString).
+pub const NOMAD_CI_TOKEN: &str = "/infrastructure/nomad/token/ci";
+/// The text of the Nomad ACL policy `submit-job`.
+pub const NOMAD_POLICY_SUBMIT_JOB: &str = "/infrastructure/nomad/policies/submit-job";
 
 /// Certificates and keys live under one folder, named as in deployment.json's
 /// `certificates` section (the sample's Secrets Manager names).

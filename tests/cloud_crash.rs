@@ -5,7 +5,7 @@
 mod common;
 
 use aws_sdk_acmpca::types::CertificateAuthorityStatus as Status;
-use common::Stand;
+use common::{Stand, FOUNDATION};
 use std::time::{Duration, Instant};
 
 const CSR: &str = "acm-pca:GetCertificateAuthorityCsr";
@@ -27,9 +27,16 @@ async fn killed_after_ca_create_before_activation_converges_to_one_active_ca() {
     // after CreateCertificateAuthority and before the CA is activated.
     stand.sim.hold(CSR);
     let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgectl"));
-    cmd.arg("--config").arg(stand.config_path()).args(["cloud", "up"]);
+    cmd.arg("--config")
+        .arg(stand.config_path())
+        .args(["cloud", "up", FOUNDATION]);
     stand.env(&mut cmd);
-    let mut child = cmd.kill_on_drop(true).spawn().unwrap();
+    let mut child = cmd
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
     let deadline = Instant::now() + Duration::from_secs(60);
     while stand.sim.held() == 0 {
         assert!(Instant::now() < deadline, "edgectl never asked for the CA's CSR");
@@ -48,7 +55,7 @@ async fn killed_after_ca_create_before_activation_converges_to_one_active_ca() {
         .any(|w| w == "acm-pca:CreateCertificateAuthority"));
 
     // The next plan adopts that CA rather than making a second one.
-    let plan = stand.edgectl(&["cloud", "plan"]).await;
+    let plan = stand.edgectl(&["cloud", "plan", FOUNDATION]).await;
     plan.expect(0);
     let text = plan.stdout();
     assert!(
@@ -60,9 +67,9 @@ async fn killed_after_ca_create_before_activation_converges_to_one_active_ca() {
         "must not create another CA:\n{text}"
     );
 
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     assert_eq!(cas(&stand).await, vec![Status::Active]);
-    let again = stand.edgectl(&["cloud", "up"]).await;
+    let again = stand.edgectl(&["cloud", "up", FOUNDATION]).await;
     again.expect(0);
     assert!(again.stdout().contains("no changes"), "{}", again.stdout());
 }

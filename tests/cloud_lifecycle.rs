@@ -5,7 +5,7 @@
 mod common;
 
 use aws_sdk_acmpca::types::CertificateAuthorityStatus;
-use common::Stand;
+use common::{Stand, FOUNDATION};
 
 const OUTPUTS: [&str; 9] = [
     "/infrastructure/pca/arn",
@@ -38,7 +38,9 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
     let stand = Stand::start().await;
 
     // An empty account: every resource is a create.
-    let plan = stand.edgectl(&["cloud", "plan", "--detailed-exitcode"]).await;
+    let plan = stand
+        .edgectl(&["cloud", "plan", FOUNDATION, "--detailed-exitcode"])
+        .await;
     plan.expect(2);
     let text = plan.stdout();
     for address in [
@@ -58,7 +60,7 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
     assert!(text.contains("(known after apply)"), "{text}");
     assert!(stand.writes().is_empty(), "plan wrote: {:?}", stand.writes());
 
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     let first_up = stand.sim.requests().len();
     let first_writes = stand.writes().len();
     assert!(first_writes > 0);
@@ -107,18 +109,20 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
 
     // A second up: "no changes", and not one write call reaches AWS.
     stand.sim.reset_requests();
-    let again = stand.edgectl(&["cloud", "up"]).await;
+    let again = stand.edgectl(&["cloud", "up", FOUNDATION]).await;
     again.expect(0);
     assert!(again.stdout().contains("no changes"), "{}", again.stdout());
     assert_eq!(stand.writes(), Vec::<String>::new(), "a no-op up must not write");
     let noop_up = stand.sim.requests().len();
     stand
-        .edgectl(&["cloud", "plan", "--detailed-exitcode"])
+        .edgectl(&["cloud", "plan", FOUNDATION, "--detailed-exitcode"])
         .await
         .expect(0);
 
     // Status lists every component's resources and outputs; JSON carries no secret.
-    let status = stand.edgectl(&["--output", "json", "cloud", "status"]).await;
+    let status = stand
+        .edgectl(&["--output", "json", "cloud", "status", FOUNDATION])
+        .await;
     status.expect(0);
     let doc = status.json();
     assert_eq!(doc["schema"], 1);
@@ -136,18 +140,21 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
         );
     }
     assert!(!status.stdout().contains("PRIVATE KEY"), "status leaked a key");
-    let human = stand.edgectl(&["cloud", "status"]).await;
+    let human = stand.edgectl(&["cloud", "status", FOUNDATION]).await;
     assert!(!human.stdout().contains("PRIVATE KEY") && human.stdout().contains("private key (sensitive)"));
 
     // down without --yes and without a terminal refuses and deletes nothing.
     stand.sim.reset_requests();
-    let refused = stand.edgectl(&["cloud", "down"]).await;
+    let refused = stand.edgectl(&["cloud", "down", FOUNDATION]).await;
     refused.expect(1);
     assert!(refused.stderr().contains("--yes"), "{}", refused.stderr());
     assert!(stand.writes().is_empty());
 
     stand.sim.reset_requests();
-    stand.edgectl(&["cloud", "down", "--yes"]).await.expect(0);
+    stand
+        .edgectl(&["cloud", "down", FOUNDATION, "--yes"])
+        .await
+        .expect(0);
     let down = stand.sim.requests().len();
     let down_writes = stand.writes().len();
     assert!(live_cas(&stand).await.is_empty(), "the CA must be deleted");
@@ -184,7 +191,7 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
 
     // A second down is a no-op.
     stand.sim.reset_requests();
-    let again = stand.edgectl(&["cloud", "down", "--yes"]).await;
+    let again = stand.edgectl(&["cloud", "down", FOUNDATION, "--yes"]).await;
     again.expect(0);
     assert!(again.stdout().contains("no changes"), "{}", again.stdout());
     assert!(stand.writes().is_empty(), "{:?}", stand.writes());
@@ -195,7 +202,7 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
 #[tokio::test]
 async fn a_disabled_ca_is_enabled_not_duplicated() {
     let stand = Stand::start().await;
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     let (arn, _) = live_cas(&stand).await.remove(0);
     let pca = aws_sdk_acmpca::Client::new(&stand.sdk().await);
     pca.update_certificate_authority()
@@ -205,14 +212,14 @@ async fn a_disabled_ca_is_enabled_not_duplicated() {
         .await
         .unwrap();
 
-    let plan = stand.edgectl(&["cloud", "plan"]).await;
+    let plan = stand.edgectl(&["cloud", "plan", FOUNDATION]).await;
     plan.expect(0);
     assert!(
         plan.stdout().contains("~ pca/root (CA is disabled)"),
         "{}",
         plan.stdout()
     );
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     assert_eq!(
         live_cas(&stand).await,
         vec![(arn, CertificateAuthorityStatus::Active)]
@@ -223,11 +230,13 @@ async fn a_disabled_ca_is_enabled_not_duplicated() {
 async fn deployments_are_kept_apart_by_tag() {
     let stand = Stand::start().await;
     stand
-        .edgectl(&["--deployment", "blue", "cloud", "up"])
+        .edgectl(&["--deployment", "blue", "cloud", "up", FOUNDATION])
         .await
         .expect(0);
     // Another deployment sees none of blue's CA, anchor or profile.
-    let plan = stand.edgectl(&["--deployment", "green", "cloud", "plan"]).await;
+    let plan = stand
+        .edgectl(&["--deployment", "green", "cloud", "plan", FOUNDATION])
+        .await;
     plan.expect(0);
     assert!(
         plan.stdout()

@@ -9,7 +9,7 @@ mod common;
 #[path = "../sim/tests/common/signer.rs"]
 mod signer;
 
-use common::Stand;
+use common::{Stand, FOUNDATION};
 use http_body_util::{BodyExt, Full};
 use hyper_util::client::legacy::Client;
 use hyper_util::rt::TokioExecutor;
@@ -81,7 +81,7 @@ async fn create_session(stand: &Stand, arns: &Arns, cert: &str, key: &str) -> (u
 #[tokio::test]
 async fn a_certificate_from_edgectls_ca_gets_credentials_and_a_foreign_one_does_not() {
     let stand = Stand::start().await;
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     let arns = arns(&stand).await;
 
     // The operator CLI certificate: issued by edgectl's PCA flow.
@@ -112,7 +112,10 @@ async fn a_certificate_from_edgectls_ca_gets_credentials_and_a_foreign_one_does_
     assert_eq!(body["message"], "Untrusted Signing Certificate");
 
     // After `down` the same certificate no longer gets credentials.
-    stand.edgectl(&["cloud", "down", "--yes"]).await.expect(0);
+    stand
+        .edgectl(&["cloud", "down", FOUNDATION, "--yes"])
+        .await
+        .expect(0);
     let (status, _) = create_session(&stand, &arns, &cert, &key).await;
     assert_ne!(status, 201);
 }
@@ -155,7 +158,7 @@ async fn the_real_signing_helper_gets_credentials_with_edgectls_outputs() {
         .await
         .unwrap();
     let stand = Stand::start().await;
-    stand.edgectl(&["cloud", "up"]).await.expect(0);
+    stand.edgectl(&["cloud", "up", FOUNDATION]).await.expect(0);
     let dir = tempfile::tempdir().unwrap();
 
     let cert = param(

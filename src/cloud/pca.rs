@@ -333,6 +333,10 @@ impl Component for Pca {
         "pca"
     }
 
+    fn needs(&self) -> Option<&'static [&'static str]> {
+        Some(&[])
+    }
+
     async fn observe(&self, ctx: &Ctx) -> Result<Observed> {
         let names = param_names(ctx);
         let refs: Vec<&str> = names.iter().map(String::as_str).collect();

@@ -343,6 +343,10 @@ impl Component for RolesAnywhere {
         "roles-anywhere"
     }
 
+    fn needs(&self) -> Option<&'static [&'static str]> {
+        Some(&["pca"])
+    }
+
     async fn observe(&self, ctx: &Ctx) -> Result<Observed> {
         let (anchors, profiles, role, params) = tokio::try_join!(
             observe_anchors(ctx),

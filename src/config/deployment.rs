@@ -21,6 +21,16 @@ pub struct Cluster {
     pub nomad_region: String,
     pub discovery_tag_key: String,
     pub discovery_tag_value: String,
+    /// EC2 type of the Nomad servers; Graviton types (`t4g.medium`) get the
+    /// arm64 image.
+    #[serde(default = "default_instance_type")]
+    pub instance_type: String,
+}
+
+pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
+
+fn default_instance_type() -> String {
+    DEFAULT_INSTANCE_TYPE.to_string()
 }
 
 #[derive(Debug, Clone, Deserialize)]
@@ -90,6 +100,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "nomad_region",
             "discovery_tag_key",
             "discovery_tag_value",
+            "instance_type",
         ],
     ),
     (
@@ -139,6 +150,9 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, Invalid> {
     }
 }
 
+/// Fields that may be left out (their default applies).
+const OPTIONAL_FIELDS: &[(&str, &str)] = &[("cluster", "instance_type")];
+
 /// Missing sections/fields, wrong JSON types and unknown keys, reported per
 /// field before serde would stop at the first one.
 fn check_shape(json: &Json, problems: &mut Vec<String>, warnings: &mut Vec<String>) {
@@ -171,7 +185,7 @@ fn check_shape(json: &Json, problems: &mut Vec<String>, warnings: &mut Vec<Strin
         for field in *fields {
             let name = format!("{section}.{field}");
             match (obj.get(*field), expected_type(section, field)) {
-                (None, _) if optional => {}
+                (None, _) if optional || OPTIONAL_FIELDS.contains(&(*section, *field)) => {}
                 (None, _) => problems.push(format!("{name}: missing")),
                 (Some(v), JsonType::Str) if !v.is_string() => {
                     problems.push(format!("{name}: expected a string, found {v}"))
@@ -310,6 +324,12 @@ impl Deployment {
                 a.username
             ));
         }
+        if !valid_instance_type(&c.instance_type) {
+            problems.push(format!(
+                "cluster.instance_type: {:?} is not an EC2 instance type like \"t3.medium\" or \"t4g.medium\"",
+                c.instance_type
+            ));
+        }
         for (i, arn) in self.device_role.managed_policy_arns.iter().enumerate() {
             if !arn.starts_with("arn:aws") || !arn.contains(":policy/") {
                 problems.push(format!(
@@ -341,6 +361,20 @@ fn ssm_leaf(value: &str) -> bool {
     value
         .chars()
         .all(|c| c.is_ascii_alphanumeric() || matches!(c, '_' | '.' | '-'))
+}
+
+/// `<family>.<size>`, e.g. `t3.medium`, `m7i-flex.large`, `c6gn.16xlarge`.
+fn valid_instance_type(t: &str) -> bool {
+    let Some((family, size)) = t.split_once('.') else {
+        return false;
+    };
+    family.starts_with(|c: char| c.is_ascii_lowercase())
+        && family.chars().any(|c| c.is_ascii_digit())
+        && family
+            .chars()
+            .all(|c| c.is_ascii_lowercase() || c.is_ascii_digit() || c == '-')
+        && !size.is_empty()
+        && size.chars().all(|c| c.is_ascii_lowercase() || c.is_ascii_digit())
 }
 
 fn valid_email(email: &str) -> bool {
@@ -552,6 +586,28 @@ mod tests {
         let p = problems("{\n  \"cluster\": ,\n}");
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("deployment.json:2:"), "{p:?}");
+    }
+
+    #[test]
+    fn instance_type_defaults_and_is_checked() {
+        let loaded = parse(GOOD, "d").unwrap();
+        assert_eq!(loaded.deployment.cluster.instance_type, "t3.medium");
+        let loaded = parse(&with(&["cluster", "instance_type"], "t4g.large".into()), "d").unwrap();
+        assert!(loaded.warnings.is_empty(), "{:?}", loaded.warnings);
+        assert_eq!(loaded.deployment.cluster.instance_type, "t4g.large");
+        for ok in ["m7i-flex.large", "c6gn.16xlarge", "u-6tb1.metal"] {
+            assert!(
+                problems(&with(&["cluster", "instance_type"], ok.into())).is_empty(),
+                "{ok}"
+            );
+        }
+        for bad in ["t3", "T3.medium", "t3.", ".medium", "t3 medium", "large.t3x"] {
+            let p = problems(&with(&["cluster", "instance_type"], bad.into()));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].starts_with("cluster.instance_type:"), "{bad}: {p:?}");
+        }
+        let p = problems(&with(&["cluster", "instance_type"], 3.into()));
+        assert_eq!(p, vec!["cluster.instance_type: expected a string, found 3"]);
     }
 
     #[test]

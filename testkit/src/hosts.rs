@@ -40,7 +40,7 @@ use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Output, Stdio};
 use std::sync::atomic::{AtomicU32, Ordering};
-use std::sync::{mpsc, Mutex, OnceLock};
+use std::sync::{Mutex, OnceLock};
 use std::thread::JoinHandle;
 use std::time::{Duration, Instant};
 
@@ -724,11 +724,9 @@ fn start(name: &str, opts: &HostOptions, rootfs: &Path) -> anyhow::Result<TestHo
     Ok(host)
 }
 
-/// Spawns `cmd` (with PR_SET_PDEATHSIG=SIGTERM, in its own process group so
-/// a terminal's ^C reaches only the test process) from a thread that then
-/// waits for it.
+/// Spawns nspawn tied to the test process (SIGTERM when it dies), moved into
+/// the slot's own cgroups before it execs.
 fn spawn_with_waiter(mut cmd: Command, cgroup_procs: &[PathBuf]) -> anyhow::Result<Nspawn> {
-    let parent = std::process::id() as i32;
     let procs: Vec<std::ffi::CString> = cgroup_procs
         .iter()
         .map(|p| std::ffi::CString::new(p.as_os_str().as_encoded_bytes()))
@@ -736,12 +734,6 @@ fn spawn_with_waiter(mut cmd: Command, cgroup_procs: &[PathBuf]) -> anyhow::Resu
     unsafe {
         // Only async-signal-safe calls here (after fork, before exec).
         cmd.pre_exec(move || {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGTERM) != 0 {
-                return Err(io::Error::last_os_error());
-            }
-            if libc::getppid() != parent {
-                libc::_exit(1);
-            }
             for p in &procs {
                 // "0": the writing process itself.
                 let fd = libc::open(p.as_ptr(), libc::O_WRONLY | libc::O_CLOEXEC);
@@ -758,20 +750,7 @@ fn spawn_with_waiter(mut cmd: Command, cgroup_procs: &[PathBuf]) -> anyhow::Resu
             Ok(())
         });
     }
-    cmd.process_group(0);
-    let (tx, rx) = mpsc::channel();
-    let waiter = std::thread::spawn(move || match cmd.spawn() {
-        Ok(mut child) => {
-            let _ = tx.send(Ok(child.id() as i32));
-            child.wait()
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            let _ = tx.send(Err(e));
-            Err(io::Error::other(msg))
-        }
-    });
-    let pid = rx.recv().context("spawner thread died")??;
+    let (pid, waiter) = crate::process::spawn_tied(cmd, libc::SIGTERM)?;
     Ok(Nspawn { pid, waiter })
 }
 

@@ -8,4 +8,5 @@ pub mod moto;
 pub mod nomad;
 pub mod paths;
 pub mod pca;
+mod process;
 pub mod tools;

@@ -5,7 +5,6 @@
 //! value, and (through PR_SET_PDEATHSIG) with the test process if that is
 //! killed before it can run `Drop`.
 
-use std::os::unix::process::CommandExt;
 use std::path::{Path, PathBuf};
 use std::process::{Command, ExitStatus, Stdio};
 use std::thread::JoinHandle;
@@ -180,38 +179,14 @@ fn spawn(server: &Path, port: u16) -> anyhow::Result<Moto> {
         .env("PYTHONUNBUFFERED", "1")
         .stdin(Stdio::null())
         .stdout(log.try_clone().context("duplicating the log file handle")?)
-        .stderr(log)
-        .process_group(0);
-    // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-    unsafe {
-        cmd.pre_exec(|| {
-            if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                return Err(std::io::Error::last_os_error());
-            }
-            Ok(())
-        });
-    }
-    let (tx, rx) = std::sync::mpsc::channel();
-    let waiter = std::thread::spawn(move || match cmd.spawn() {
-        Ok(mut child) => {
-            let _ = tx.send(Ok(child.id()));
-            child.wait()
-        }
-        Err(e) => {
-            let msg = e.to_string();
-            let _ = tx.send(Err(e));
-            Err(std::io::Error::other(msg))
-        }
-    });
-    let pid = rx
-        .recv()
-        .context("the moto spawner thread died")?
+        .stderr(log);
+    let (pid, waiter) = crate::process::spawn_tied(cmd, libc::SIGKILL)
         .with_context(|| format!("spawning {}", server.display()))?;
     Ok(Moto {
         url: format!("http://127.0.0.1:{port}"),
         port,
         log_path,
-        pid: pid as i32,
+        pid,
         waiter: Some(waiter),
         _dir: dir,
     })

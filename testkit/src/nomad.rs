@@ -149,8 +149,6 @@ impl NomadServer {
             Some(p) => p,
             None => Ports::free(opts.bind)?,
         };
-        let name = format!("server-{}", ports.rpc);
-        let dir = tempdir(&name)?;
         // server.<region>.nomad is what verify_server_hostname checks on
         // RPC; the IP SAN is what our HTTPS client checks.
         let cert = ca
@@ -171,7 +169,32 @@ impl NomadServer {
             )
             .await
             .context("issuing the CLI certificate")?;
-        let tls = write_tls(dir.path(), &ca.cert_pem, &cert, "server")?;
+        Self::spawn_issued(&bin, &ca.cert_pem, &cert, cli, REGION, opts, ports).await
+    }
+
+    /// As `spawn`, with certificates made elsewhere (e.g. edgectl's own CA
+    /// and the server certificate it stored in SSM): does not wait.
+    pub async fn spawn_with_tls(tls: GivenTls, opts: ServerOpts) -> anyhow::Result<NomadServer> {
+        let bin = nomad_bin().await?;
+        let ports = match opts.ports {
+            Some(p) => p,
+            None => Ports::free(opts.bind)?,
+        };
+        Self::spawn_issued(&bin, &tls.ca_pem, &tls.server, tls.cli, &tls.region, opts, ports).await
+    }
+
+    async fn spawn_issued(
+        bin: &Path,
+        ca_pem: &str,
+        cert: &Issued,
+        cli: Issued,
+        region: &str,
+        opts: ServerOpts,
+        ports: Ports,
+    ) -> anyhow::Result<NomadServer> {
+        let name = format!("server-{}", ports.rpc);
+        let dir = tempdir(&name)?;
+        let tls = write_tls(dir.path(), ca_pem, cert, "server")?;
         let join = opts
             .retry_join
             .iter()
@@ -181,7 +204,7 @@ impl NomadServer {
         let config = format!(
             r#"
 name       = "{name}"
-region     = "{REGION}"
+region     = "{region}"
 datacenter = "{DATACENTER}"
 data_dir   = {data_dir:?}
 bind_addr  = "{bind}"
@@ -229,14 +252,14 @@ consul {{
             serf = ports.serf,
             expect = opts.bootstrap_expect,
         );
-        let agent = Agent::spawn(&bin, dir, &name, &config)?;
+        let agent = Agent::spawn(bin, dir, &name, &config)?;
         let http_url = format!("https://{}", SocketAddr::new(opts.bind, ports.http));
         Ok(NomadServer {
             name,
             http_url,
             ports,
             bind: opts.bind,
-            ca_pem: ca.cert_pem.clone(),
+            ca_pem: ca_pem.to_string(),
             cli,
             start_to_leader: None,
             agent,
@@ -342,6 +365,115 @@ consul {{
     pub fn log_tail(&self) -> String {
         self.agent.log_tail()
     }
+}
+
+/// Certificates, directories and ports for a server whose configuration the
+/// test writes itself (e.g. edgectl's rendered `server.hcl`): see
+/// [`NomadServer::prepare`] and [`NomadServer::spawn_from_config`].
+pub struct ServerFiles {
+    /// The agent's name (for logs and errors); not put in any config.
+    pub name: String,
+    pub region: String,
+    pub bind: IpAddr,
+    pub ports: Ports,
+    /// Trusted CA (PEM), the server's certificate (+ chain) and key.
+    pub ca_file: PathBuf,
+    pub cert_file: PathBuf,
+    pub key_file: PathBuf,
+    /// An empty directory for Nomad's `data_dir`.
+    pub data_dir: PathBuf,
+    ca_pem: String,
+    cli: Issued,
+    dir: tempfile::TempDir,
+}
+
+impl NomadServer {
+    /// Issues a server certificate as edgectl's pca component does (CN
+    /// `*.elb.<region>.amazonaws.com`, SANs `server.<region>.nomad`,
+    /// `localhost`, `bind` and 127.0.0.1) and a CLI certificate
+    /// (`cli.<region>.nomad`) from `ca`, writes the TLS files into a temp
+    /// dir and makes an empty data dir there. `ports` are the agent's.
+    pub async fn prepare(
+        cfg: &SdkConfig,
+        ca: &TestCa,
+        region: &str,
+        bind: IpAddr,
+        ports: Ports,
+    ) -> anyhow::Result<ServerFiles> {
+        let name = format!("server-{}", ports.rpc);
+        let dir = tempdir(&name)?;
+        let server_name = format!("server.{region}.nomad");
+        let cert = ca
+            .issue(
+                cfg,
+                &format!("*.elb.{region}.amazonaws.com"),
+                &[
+                    &format!("*.elb.{region}.amazonaws.com"),
+                    &server_name,
+                    "localhost",
+                ],
+                &[bind, IpAddr::V4(Ipv4Addr::LOCALHOST)],
+            )
+            .await
+            .context("issuing the server certificate")?;
+        let cli_name = format!("cli.{region}.nomad");
+        let cli = ca
+            .issue(cfg, &cli_name, &[&cli_name, "localhost"], &[])
+            .await
+            .context("issuing the CLI certificate")?;
+        write_tls(dir.path(), &ca.cert_pem, &cert, "server")?;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        Ok(ServerFiles {
+            name,
+            region: region.to_string(),
+            bind,
+            ports,
+            ca_file: dir.path().join("ca.pem"),
+            cert_file: dir.path().join("server.pem"),
+            key_file: dir.path().join("server-key.pem"),
+            data_dir,
+            ca_pem: ca.cert_pem.clone(),
+            cli,
+            dir,
+        })
+    }
+
+    /// Spawns an agent from `config`, the caller's complete agent
+    /// configuration (it must use `files`' paths and ports and bind where
+    /// `files` says); does not wait. The harness adds nothing to it.
+    pub async fn spawn_from_config(files: ServerFiles, config: &str) -> anyhow::Result<NomadServer> {
+        let bin = nomad_bin().await?;
+        let agent = Agent::spawn(&bin, files.dir, &files.name, config)?;
+        Ok(NomadServer {
+            name: files.name,
+            http_url: format!("https://{}", SocketAddr::new(files.bind, files.ports.http)),
+            ports: files.ports,
+            bind: files.bind,
+            ca_pem: files.ca_pem,
+            cli: files.cli,
+            start_to_leader: None,
+            agent,
+        })
+    }
+
+    /// Whether the agent's log says it could not bind one of its ports
+    /// (another process took it between picking and binding): then the
+    /// caller may retry with fresh ports.
+    pub fn port_was_taken(&self) -> bool {
+        self.agent.port_was_taken()
+    }
+}
+
+/// Certificates made outside the harness (edgectl's own CA from SSM): the
+/// server's certificate (its `chain_pem` is appended in the agent's
+/// cert file), a client certificate for [`NomadServer::api`], and the Nomad
+/// region the server certificate names (`server.<region>.nomad`).
+pub struct GivenTls {
+    pub ca_pem: String,
+    pub server: Issued,
+    pub cli: Issued,
+    pub region: String,
 }
 
 /// Three servers (bootstrap_expect 3) on loopback, joined by address.
@@ -752,35 +884,12 @@ impl Agent {
                 cmd.env_remove(k);
             }
         }
-        // SAFETY: prctl is async-signal-safe and touches no memory of ours.
-        unsafe {
-            cmd.pre_exec(|| {
-                if libc::prctl(libc::PR_SET_PDEATHSIG, libc::SIGKILL) != 0 {
-                    return Err(std::io::Error::last_os_error());
-                }
-                Ok(())
-            });
-        }
-        let (tx, rx) = std::sync::mpsc::channel();
-        let waiter = std::thread::spawn(move || match cmd.spawn() {
-            Ok(mut child) => {
-                let _ = tx.send(Ok(child.id()));
-                child.wait()
-            }
-            Err(e) => {
-                let msg = e.to_string();
-                let _ = tx.send(Err(e));
-                Err(std::io::Error::other(msg))
-            }
-        });
-        let pid = rx
-            .recv()
-            .context("the nomad spawner thread died")?
+        let (pid, waiter) = crate::process::spawn_tied(cmd, libc::SIGKILL)
             .with_context(|| format!("spawning {} for {name}", bin.display()))?;
         Ok(Agent {
             log_path,
             started: Instant::now(),
-            pid: pid as i32,
+            pid,
             waiter: Some(waiter),
             exit: None,
             _dir: dir,

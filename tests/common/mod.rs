@@ -18,6 +18,9 @@ pub const GOOD_CONFIG: &str = r#"{
   "authentication": {"username": "admin", "email": "ops@example.com", "domain_prefix": "robot-fleet-7"}
 }"#;
 
+/// The foundation's components alone: tests of them need no Nomad.
+pub const FOUNDATION: &str = "--only=pca,roles-anywhere";
+
 pub struct Stand {
     pub moto: Moto,
     pub sim: rolesanywhere_sim::SimHandle,
@@ -65,7 +68,12 @@ impl Stand {
             .env("AWS_ENDPOINT_URL", &self.sim.url)
             .env("AWS_CONFIG_FILE", self.dir.path().join("aws-config"))
             .env("AWS_SHARED_CREDENTIALS_FILE", self.dir.path().join("aws-config"))
-            .env("NO_COLOR", "1");
+            .env("NO_COLOR", "1")
+            // moto's load balancers have made-up DNS names: without this a
+            // test that reaches the acl component would resolve one outside
+            // this machine. Tests with a real Nomad set their own.
+            .env("NOMAD_ADDR", "https://127.0.0.1:1")
+            .env("EDGECTL_NOMAD_WAIT", "3");
     }
 
     /// Write calls that reached the stand-in since the last reset.
