@@ -333,14 +333,28 @@ async fn up_waits_for_a_leader_bootstraps_and_a_second_up_writes_nothing() {
         status.stdout()
     );
 
-    // `down` removes the CI token and policy text, and keeps the management
-    // token while servers may still run.
-    let down = edgectl_with(&stand, &["cloud", "down", "--yes"], &[("NOMAD_ADDR", &addr)]).await;
+    // `down` of the ACLs alone removes the CI token and policy text, and
+    // keeps the management token while the servers may still run.
+    let down = edgectl_with(
+        &stand,
+        &["cloud", "down", "--yes", "--only", "acl"],
+        &[("NOMAD_ADDR", &addr)],
+    )
+    .await;
     eprintln!("--- down:\n{}\n{}", down.stdout(), down.stderr());
     down.expect(0);
     assert_eq!(ssm(&stand, CI).await, None);
     assert_eq!(ssm(&stand, POLICY).await, None);
     assert_eq!(ssm(&stand, BOOTSTRAP).await.as_deref(), Some(token.as_str()));
+    // The whole `down` takes the servers, and the token goes with them.
+    let down = edgectl_with(&stand, &["cloud", "down", "--yes"], &[("NOMAD_ADDR", &addr)]).await;
+    down.expect(0);
+    assert!(
+        down.stdout().contains(&format!("- ssm:{BOOTSTRAP}")),
+        "{}",
+        down.stdout()
+    );
+    assert_eq!(ssm(&stand, BOOTSTRAP).await, None);
 }
 
 /// Runs `cloud up` against a dead port until it gives up waiting: the CA,

@@ -188,6 +188,7 @@ async fn up_converges_then_changes_nothing_and_down_removes_everything() {
         .send()
         .await
         .is_err());
+    assert_eq!(common::leftovers(&stand, "default").await, Vec::<String>::new());
 
     // A second down is a no-op.
     stand.sim.reset_requests();

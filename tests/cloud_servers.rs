@@ -556,7 +556,9 @@ async fn up_builds_ingress_and_servers_replaces_what_is_gone_and_down_removes_th
 
     // A second up: no changes, not one write.
     stand.sim.reset_requests();
+    let started = Instant::now();
     let again = run(&stand, &["cloud", "up"], &env).await;
+    let noop_time = started.elapsed();
     again.expect(0);
     assert_eq!(stand.writes(), Vec::<String>::new(), "a no-op up must not write");
     assert_no_change_of_ours(&again);
@@ -751,6 +753,8 @@ async fn up_builds_ingress_and_servers_replaces_what_is_gone_and_down_removes_th
         .await
         .is_err());
     assert!(ssm(&stand, ENDPOINT).await.is_none());
+    // Nothing of the deployment is left anywhere in the account.
+    assert_eq!(common::leftovers(&stand, "default").await, Vec::<String>::new());
     stand.sim.reset_requests();
     let again = run(&stand, &["cloud", "down", "--yes"], &env).await;
     again.expect(0);
@@ -758,7 +762,7 @@ async fn up_builds_ingress_and_servers_replaces_what_is_gone_and_down_removes_th
     assert!(stand.writes().is_empty(), "{:?}", stand.writes());
 
     eprintln!(
-        "requests: first up {first_up_requests}, no-op up {noop_requests} (0 writes), down {down_requests} ({down_writes} writes)"
+        "requests: first up {first_up_requests}, no-op up {noop_requests} (0 writes) in {noop_time:?}, down {down_requests} ({down_writes} writes)"
     );
     eprintln!(
         "no-op up, ELBv2 + DescribeInstances + IAM: {} {noop_ours:?}",

@@ -346,6 +346,10 @@ pub struct Observed {
     /// Generations this run found taken (a token EC2 still remembers).
     skip: BTreeMap<u32, u32>,
     terminating: BTreeSet<String>,
+    /// Whether the cluster's ACL management token is in SSM: it lives as
+    /// long as the servers do (the acl component makes it, `down` of the
+    /// servers forgets it).
+    pub bootstrap_token: bool,
 }
 
 impl Observed {
@@ -623,6 +627,8 @@ pub enum Op {
     /// Register the running servers in the target group of this port and
     /// deregister everything else.
     SyncTargets(u16),
+    /// The servers are gone, and with them the ACL state the token opened.
+    ForgetBootstrapToken,
 }
 
 fn planned(change: Change, op: Op) -> Planned<Op> {
@@ -976,6 +982,16 @@ pub fn plan_down(o: &Observed) -> Vec<Planned<Op>> {
             },
         ));
     }
+    if o.bootstrap_token {
+        steps.push(planned(
+            Change::new(
+                format!("ssm:{}", crate::outputs::NOMAD_BOOTSTRAP_TOKEN),
+                Action::Delete,
+                "the servers are gone, and the ACL state it opened with them",
+            ),
+            Op::ForgetBootstrapToken,
+        ));
+    }
     if let Some(p) = &o.profile {
         steps.push(planned(
             Change::new(PROFILE, Action::Delete, "cloud down").field(
@@ -1290,12 +1306,13 @@ impl Component for Servers {
     }
 
     async fn observe(&self, ctx: &Ctx) -> Result<Observed> {
-        let (role, profile, instances, ami, targets) = tokio::try_join!(
+        let (role, profile, instances, ami, targets, token) = tokio::try_join!(
             observe_role(ctx),
             observe_profile(ctx),
             describe_instances(ctx, None),
             observe_ami(ctx),
             observe_targets(ctx),
+            ctx.outputs.read(&[crate::outputs::NOMAD_BOOTSTRAP_TOKEN]),
         )?;
         Ok(Observed {
             role,
@@ -1303,6 +1320,7 @@ impl Component for Servers {
             instances,
             ami,
             targets,
+            bootstrap_token: !token.is_empty(),
             ..Observed::default()
         })
     }
@@ -1569,6 +1587,12 @@ impl Component for Servers {
                         });
                     }
                 }
+            }
+            Op::ForgetBootstrapToken => {
+                ctx.outputs
+                    .delete(&[crate::outputs::NOMAD_BOOTSTRAP_TOKEN])
+                    .await?;
+                o.bootstrap_token = false;
             }
             Op::SyncTargets(port) => {
                 let tg = d

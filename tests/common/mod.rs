@@ -136,3 +136,254 @@ pub fn edgectl_offline(dir: &Path, args: &[&str]) -> Run {
         .expect("edgectl runs");
     Run(out)
 }
+
+/// Everything in the account that still carries a deployment's tag (or
+/// lives under its SSM paths), service by service: what `cloud down` must
+/// leave empty.
+pub async fn leftovers(stand: &Stand, deployment: &str) -> Vec<String> {
+    let sdk = stand.sdk().await;
+    let tagged = |tags: &[(Option<&str>, Option<&str>)]| {
+        tags.iter()
+            .any(|(k, v)| *k == Some("edgectl:deployment") && *v == Some(deployment))
+    };
+    let mut left = Vec::new();
+
+    let pca = aws_sdk_acmpca::Client::new(&sdk);
+    for ca in pca
+        .list_certificate_authorities()
+        .send()
+        .await
+        .unwrap()
+        .certificate_authorities
+        .unwrap_or_default()
+    {
+        let arn = ca.arn.clone().unwrap();
+        let tags = pca
+            .list_tags()
+            .certificate_authority_arn(&arn)
+            .send()
+            .await
+            .unwrap()
+            .tags
+            .unwrap_or_default();
+        let pairs: Vec<_> = tags
+            .iter()
+            .map(|t| (Some(t.key.as_str()), t.value.as_deref()))
+            .collect();
+        if tagged(&pairs) && ca.status != Some(aws_sdk_acmpca::types::CertificateAuthorityStatus::Deleted) {
+            left.push(format!("acm-pca {arn}"));
+        }
+    }
+    let ra = aws_sdk_rolesanywhere::Client::new(&sdk);
+    let anchors = ra
+        .list_trust_anchors()
+        .send()
+        .await
+        .unwrap()
+        .trust_anchors
+        .unwrap_or_default();
+    let profiles = ra
+        .list_profiles()
+        .send()
+        .await
+        .unwrap()
+        .profiles
+        .unwrap_or_default();
+    for arn in anchors
+        .iter()
+        .filter_map(|a| a.trust_anchor_arn.clone())
+        .chain(profiles.iter().filter_map(|p| p.profile_arn.clone()))
+    {
+        let tags = ra
+            .list_tags_for_resource()
+            .resource_arn(&arn)
+            .send()
+            .await
+            .unwrap()
+            .tags
+            .unwrap_or_default();
+        let pairs: Vec<_> = tags
+            .iter()
+            .map(|t| (Some(t.key.as_str()), Some(t.value.as_str())))
+            .collect();
+        if tagged(&pairs) {
+            left.push(format!("rolesanywhere {arn}"));
+        }
+    }
+    let iam = aws_sdk_iam::Client::new(&sdk);
+    for role in iam.list_roles().send().await.unwrap().roles {
+        if role.role_name.starts_with("edgectl-") {
+            left.push(format!("iam role {}", role.role_name));
+        }
+    }
+    for p in iam
+        .list_instance_profiles()
+        .send()
+        .await
+        .unwrap()
+        .instance_profiles
+    {
+        if p.instance_profile_name.starts_with("edgectl-") {
+            left.push(format!("iam instance profile {}", p.instance_profile_name));
+        }
+    }
+    let ssm = aws_sdk_ssm::Client::new(&sdk);
+    let prefix = if deployment == "default" {
+        "/infrastructure".to_string()
+    } else {
+        format!("/edgectl/{deployment}")
+    };
+    let params = ssm
+        .get_parameters_by_path()
+        .path(&prefix)
+        .recursive(true)
+        .send()
+        .await
+        .unwrap();
+    for p in params.parameters.unwrap_or_default() {
+        left.push(format!("ssm {}", p.name.unwrap_or_default()));
+    }
+    let ec2 = aws_sdk_ec2::Client::new(&sdk);
+    let filter = aws_sdk_ec2::types::Filter::builder()
+        .name("tag:edgectl:deployment")
+        .values(deployment)
+        .build();
+    let vpcs = ec2
+        .describe_vpcs()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap()
+        .vpcs
+        .unwrap_or_default();
+    left.extend(
+        vpcs.iter()
+            .map(|v| format!("ec2 vpc {}", v.vpc_id().unwrap_or_default())),
+    );
+    let subnets = ec2
+        .describe_subnets()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap()
+        .subnets
+        .unwrap_or_default();
+    left.extend(
+        subnets
+            .iter()
+            .map(|s| format!("ec2 subnet {}", s.subnet_id().unwrap_or_default())),
+    );
+    let igws = ec2
+        .describe_internet_gateways()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap();
+    left.extend(
+        igws.internet_gateways()
+            .iter()
+            .map(|g| format!("ec2 igw {}", g.internet_gateway_id().unwrap_or_default())),
+    );
+    let rts = ec2
+        .describe_route_tables()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap();
+    left.extend(
+        rts.route_tables()
+            .iter()
+            .map(|r| format!("ec2 route table {}", r.route_table_id().unwrap_or_default())),
+    );
+    let sgs = ec2
+        .describe_security_groups()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap();
+    left.extend(
+        sgs.security_groups()
+            .iter()
+            .map(|g| format!("ec2 security group {}", g.group_id().unwrap_or_default())),
+    );
+    let eips = ec2
+        .describe_addresses()
+        .filters(filter.clone())
+        .send()
+        .await
+        .unwrap();
+    left.extend(
+        eips.addresses()
+            .iter()
+            .map(|a| format!("ec2 eip {}", a.allocation_id().unwrap_or_default())),
+    );
+    // moto ignores tag filters here: check the tags ourselves.
+    let nats = ec2.describe_nat_gateways().send().await.unwrap();
+    for n in nats.nat_gateways() {
+        let pairs: Vec<_> = n.tags().iter().map(|t| (t.key(), t.value())).collect();
+        if tagged(&pairs) && n.state().map(|s| s.as_str()) != Some("deleted") {
+            left.push(format!(
+                "ec2 nat gateway {}",
+                n.nat_gateway_id().unwrap_or_default()
+            ));
+        }
+    }
+    let instances = ec2.describe_instances().filters(filter).send().await.unwrap();
+    for i in instances.reservations().iter().flat_map(|r| r.instances()) {
+        let state = i
+            .state()
+            .and_then(|s| s.name())
+            .map(|n| n.as_str())
+            .unwrap_or_default();
+        if state != "terminated" && state != "shutting-down" {
+            left.push(format!("ec2 instance {}", i.instance_id().unwrap_or_default()));
+        }
+    }
+    let elb = aws_sdk_elasticloadbalancingv2::Client::new(&sdk);
+    for lb in elb
+        .describe_load_balancers()
+        .send()
+        .await
+        .unwrap()
+        .load_balancers()
+    {
+        if lb
+            .load_balancer_name()
+            .unwrap_or_default()
+            .starts_with("edgectl-")
+        {
+            left.push(format!(
+                "elbv2 load balancer {}",
+                lb.load_balancer_name().unwrap_or_default()
+            ));
+        }
+    }
+    for tg in elb.describe_target_groups().send().await.unwrap().target_groups() {
+        if tg.target_group_name().unwrap_or_default().starts_with("edgectl-") {
+            left.push(format!(
+                "elbv2 target group {}",
+                tg.target_group_name().unwrap_or_default()
+            ));
+        }
+    }
+    let cognito = aws_sdk_cognitoidentityprovider::Client::new(&sdk);
+    let pools = cognito.list_user_pools().max_results(60).send().await.unwrap();
+    for p in pools.user_pools() {
+        let id = p.id().unwrap_or_default();
+        let d = cognito
+            .describe_user_pool()
+            .user_pool_id(id)
+            .send()
+            .await
+            .unwrap();
+        let tags = d
+            .user_pool()
+            .and_then(|u| u.user_pool_tags())
+            .cloned()
+            .unwrap_or_default();
+        if tags.get("edgectl:deployment").map(String::as_str) == Some(deployment) {
+            left.push(format!("cognito user pool {id}"));
+        }
+    }
+    left
+}
