@@ -232,7 +232,7 @@ fn desired(ctx: &Ctx, inputs: &Exports) -> Desired {
         Some(endpoint) => {
             let certs = &ctx.config.certificates;
             let param = |name: &str| ctx.outputs.path(&outputs::certificate(name));
-            let version = server_config::DEFAULT_NOMAD_VERSION;
+            let version = c.nomad_version.as_str();
             let inputs = ServerConfigInputs {
                 datacenter: c.datacenter_name.clone(),
                 nomad_region: c.nomad_region.clone(),

@@ -25,6 +25,13 @@ pub struct Cluster {
     /// arm64 image.
     #[serde(default = "default_instance_type")]
     pub instance_type: String,
+    /// Nomad release the servers install; default: the version the tests run.
+    #[serde(default = "default_nomad_version")]
+    pub nomad_version: String,
+}
+
+fn default_nomad_version() -> String {
+    crate::cloud::server_config::DEFAULT_NOMAD_VERSION.to_string()
 }
 
 pub const DEFAULT_INSTANCE_TYPE: &str = "t3.medium";
@@ -101,6 +108,7 @@ const KNOWN: &[(&str, &[&str])] = &[
             "discovery_tag_key",
             "discovery_tag_value",
             "instance_type",
+            "nomad_version",
         ],
     ),
     (
@@ -151,7 +159,7 @@ pub fn parse(text: &str, origin: &str) -> Result<Loaded, Invalid> {
 }
 
 /// Fields that may be left out (their default applies).
-const OPTIONAL_FIELDS: &[(&str, &str)] = &[("cluster", "instance_type")];
+const OPTIONAL_FIELDS: &[(&str, &str)] = &[("cluster", "instance_type"), ("cluster", "nomad_version")];
 
 /// Missing sections/fields, wrong JSON types and unknown keys, reported per
 /// field before serde would stop at the first one.
@@ -324,6 +332,12 @@ impl Deployment {
                 a.username
             ));
         }
+        if !valid_version(&c.nomad_version) {
+            problems.push(format!(
+                "cluster.nomad_version: {:?} is not a Nomad release like \"1.11.3\"",
+                c.nomad_version
+            ));
+        }
         if !valid_instance_type(&c.instance_type) {
             problems.push(format!(
                 "cluster.instance_type: {:?} is not an EC2 instance type like \"t3.medium\" or \"t4g.medium\"",
@@ -364,6 +378,15 @@ fn ssm_leaf(value: &str) -> bool {
 }
 
 /// `<family>.<size>`, e.g. `t3.medium`, `m7i-flex.large`, `c6gn.16xlarge`.
+/// `MAJOR.MINOR.PATCH`, digits only (HashiCorp's release directory names).
+fn valid_version(v: &str) -> bool {
+    let parts: Vec<&str> = v.split('.').collect();
+    parts.len() == 3
+        && parts
+            .iter()
+            .all(|p| !p.is_empty() && p.len() <= 4 && p.chars().all(|c| c.is_ascii_digit()))
+}
+
 fn valid_instance_type(t: &str) -> bool {
     let Some((family, size)) = t.split_once('.') else {
         return false;
@@ -586,6 +609,22 @@ mod tests {
         let p = problems("{\n  \"cluster\": ,\n}");
         assert_eq!(p.len(), 1);
         assert!(p[0].starts_with("deployment.json:2:"), "{p:?}");
+    }
+
+    #[test]
+    fn nomad_version_defaults_to_the_tested_one_and_is_checked() {
+        let loaded = parse(GOOD, "d").unwrap();
+        assert_eq!(
+            loaded.deployment.cluster.nomad_version,
+            crate::cloud::server_config::DEFAULT_NOMAD_VERSION
+        );
+        let loaded = parse(&with(&["cluster", "nomad_version"], "1.10.5".into()), "d").unwrap();
+        assert_eq!(loaded.deployment.cluster.nomad_version, "1.10.5");
+        for bad in ["1.10", "v1.10.5", "1.10.5-beta", "1.10.5; rm -rf /", ""] {
+            let p = problems(&with(&["cluster", "nomad_version"], bad.into()));
+            assert_eq!(p.len(), 1, "{bad}: {p:?}");
+            assert!(p[0].starts_with("cluster.nomad_version:"), "{bad}: {p:?}");
+        }
     }
 
     #[test]
