@@ -7,6 +7,7 @@
 
 pub mod acl;
 pub mod auth;
+pub mod iam_role;
 pub mod ingress;
 pub mod network;
 pub mod pca;

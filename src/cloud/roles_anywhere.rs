@@ -2,13 +2,14 @@
 //! devices assume (least privilege), the profile that links them, and the
 //! ARNs plus the device's `credential_process` line in SSM.
 
+use super::iam_role::{self, Role};
 use super::{Applied, Component, Ctx, Exports, Planned, StatusRow};
 use crate::aws::{code, SdkResultExt, TAG_KEY};
 use crate::config::deployment::DeviceRole;
 use crate::outputs::{self, plan_param, Kind};
 use crate::plan::{Action, Change, Value};
 use crate::secret::Secret;
-use anyhow::{bail, Context, Result};
+use anyhow::{Context, Result};
 use aws_sdk_rolesanywhere::types::{Source, SourceData, Tag, TrustAnchorType};
 use serde_json::{json, Value as Json};
 use std::collections::BTreeMap;
@@ -92,14 +93,6 @@ pub struct Anchor {
     pub arn: String,
     pub enabled: bool,
     pub pca_arn: Option<String>,
-}
-
-#[derive(Debug, Clone)]
-pub struct Role {
-    pub arn: String,
-    pub trust: Json,
-    pub inline: Option<Json>,
-    pub attached: Vec<String>,
 }
 
 #[derive(Debug, Clone)]
@@ -203,105 +196,8 @@ async fn observe_profiles(ctx: &Ctx) -> Result<Vec<Profile>> {
     Ok(found)
 }
 
-/// IAM returns policy documents URL-encoded (RFC 3986); moto sometimes not.
-pub fn decode_policy(doc: &str) -> Result<Json> {
-    let text = if doc.trim_start().starts_with('{') {
-        doc.to_string()
-    } else {
-        percent_decode(doc)?
-    };
-    serde_json::from_str(&text).with_context(|| format!("policy document is not JSON: {text}"))
-}
-
-fn percent_decode(s: &str) -> Result<String> {
-    let bytes = s.as_bytes();
-    let mut out = Vec::with_capacity(bytes.len());
-    let mut i = 0;
-    while i < bytes.len() {
-        match bytes[i] {
-            b'%' => {
-                let hex = bytes
-                    .get(i + 1..i + 3)
-                    .context("truncated %-escape in policy document")?;
-                let hex = std::str::from_utf8(hex)?;
-                out.push(u8::from_str_radix(hex, 16).with_context(|| format!("bad escape %{hex}"))?);
-                i += 3;
-            }
-            b'+' => {
-                out.push(b' ');
-                i += 1;
-            }
-            b => {
-                out.push(b);
-                i += 1;
-            }
-        }
-    }
-    Ok(String::from_utf8(out)?)
-}
-
 async fn observe_role(ctx: &Ctx) -> Result<Option<Role>> {
-    let client = iam(ctx);
-    let name = role_name(&ctx.deployment);
-    let role = match client.get_role().role_name(&name).send().await {
-        Ok(out) => out.role.context("GetRole returned no role")?,
-        Err(e) if code(&e) == Some("NoSuchEntity") => return Ok(None),
-        Err(e) => return Err(e).op(|| format!("reading IAM role {name}")),
-    };
-    let tags = client
-        .list_role_tags()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("reading the tags of IAM role {name}"))?;
-    if !tags
-        .tags
-        .iter()
-        .any(|t| t.key == TAG_KEY && t.value == ctx.deployment)
-    {
-        bail!(crate::error::User::new(
-            format!("IAM role {name} exists but is not tagged {TAG_KEY}={}", ctx.deployment),
-            "edgectl does not adopt resources it did not create; rename or delete that role, or pick another `--deployment`"
-        ));
-    }
-    let trust = decode_policy(role.assume_role_policy_document().unwrap_or("{}"))?;
-    let names = client
-        .list_role_policies()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("listing inline policies of {name}"))?
-        .policy_names;
-    let inline = if names.iter().any(|n| n == INLINE_POLICY_NAME) {
-        let doc = client
-            .get_role_policy()
-            .role_name(&name)
-            .policy_name(INLINE_POLICY_NAME)
-            .send()
-            .await
-            .op(|| format!("reading policy {INLINE_POLICY_NAME} of {name}"))?
-            .policy_document;
-        Some(decode_policy(&doc)?)
-    } else {
-        None
-    };
-    let attached = client
-        .list_attached_role_policies()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("listing managed policies of {name}"))?
-        .attached_policies
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| p.policy_arn)
-        .collect();
-    Ok(Some(Role {
-        arn: role.arn,
-        trust,
-        inline,
-        attached,
-    }))
+    iam_role::observe(ctx, &role_name(&ctx.deployment), INLINE_POLICY_NAME).await
 }
 
 // ---- plan ----------------------------------------------------------------
@@ -991,15 +887,6 @@ mod tests {
             ecr_pull: false,
         };
         assert!(device_policy(&none, "eu-west-1", "1").is_none());
-    }
-
-    #[test]
-    fn policies_decode_url_encoded_or_plain() {
-        let plain = r#"{"Version":"2012-10-17"}"#;
-        assert_eq!(decode_policy(plain).unwrap()["Version"], "2012-10-17");
-        let encoded = "%7B%22Version%22%3A%222012-10-17%22%7D";
-        assert_eq!(decode_policy(encoded).unwrap()["Version"], "2012-10-17");
-        assert!(decode_policy("%7B%2").is_err());
     }
 
     #[test]

@@ -15,6 +15,7 @@
 //! one is deregistered and terminated. The AMI is read from the public
 //! Amazon Linux 2023 parameter at launch; a newer AMI alone replaces nothing.
 
+use super::iam_role::{self, Role};
 use super::server_config::{self, ServerConfigInputs};
 use super::{Applied, Component, Ctx, Exports, Planned, StatusRow};
 use crate::aws::{code, SdkResultExt, TAG_KEY};
@@ -290,14 +291,6 @@ impl Desired {
 // ---- observed ------------------------------------------------------------
 
 #[derive(Debug, Clone, PartialEq)]
-pub struct Role {
-    pub arn: String,
-    pub trust: Json,
-    pub inline: Option<Json>,
-    pub attached: Vec<String>,
-}
-
-#[derive(Debug, Clone, PartialEq)]
 pub struct Profile {
     pub arn: String,
     /// Names of the roles in it.
@@ -453,67 +446,7 @@ async fn describe_instances(ctx: &Ctx, ids: Option<Vec<String>>) -> Result<Vec<I
 }
 
 async fn observe_role(ctx: &Ctx) -> Result<Option<Role>> {
-    let client = iam(ctx);
-    let name = role_name(&ctx.deployment);
-    let role = match client.get_role().role_name(&name).send().await {
-        Ok(out) => out.role.context("GetRole returned no role")?,
-        Err(e) if code(&e) == Some("NoSuchEntity") => return Ok(None),
-        Err(e) => return Err(e).op(|| format!("reading IAM role {name}")),
-    };
-    let tags = client
-        .list_role_tags()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("reading the tags of IAM role {name}"))?;
-    if !tags
-        .tags
-        .iter()
-        .any(|t| t.key == TAG_KEY && t.value == ctx.deployment)
-    {
-        bail!(crate::error::User::new(
-            format!("IAM role {name} exists but is not tagged {TAG_KEY}={}", ctx.deployment),
-            "edgectl does not adopt resources it did not create; rename or delete that role, or pick another `--deployment`"
-        ));
-    }
-    let trust = super::roles_anywhere::decode_policy(role.assume_role_policy_document().unwrap_or("{}"))?;
-    let names = client
-        .list_role_policies()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("listing inline policies of {name}"))?
-        .policy_names;
-    let inline = if names.iter().any(|n| n == INLINE_POLICY_NAME) {
-        let doc = client
-            .get_role_policy()
-            .role_name(&name)
-            .policy_name(INLINE_POLICY_NAME)
-            .send()
-            .await
-            .op(|| format!("reading policy {INLINE_POLICY_NAME} of {name}"))?
-            .policy_document;
-        Some(super::roles_anywhere::decode_policy(&doc)?)
-    } else {
-        None
-    };
-    let attached = client
-        .list_attached_role_policies()
-        .role_name(&name)
-        .send()
-        .await
-        .op(|| format!("listing managed policies of {name}"))?
-        .attached_policies
-        .unwrap_or_default()
-        .into_iter()
-        .filter_map(|p| p.policy_arn)
-        .collect();
-    Ok(Some(Role {
-        arn: role.arn,
-        trust,
-        inline,
-        attached,
-    }))
+    iam_role::observe(ctx, &role_name(&ctx.deployment), INLINE_POLICY_NAME).await
 }
 
 async fn observe_profile(ctx: &Ctx) -> Result<Option<Profile>> {
