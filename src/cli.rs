@@ -50,7 +50,7 @@ pub struct Global {
 
 #[derive(Debug, Subcommand)]
 pub enum Command {
-    /// The AWS side: private CA and IAM Roles Anywhere (Nomad control plane to come)
+    /// The AWS side: private CA, IAM Roles Anywhere, the Nomad control plane and its ACLs
     #[command(subcommand)]
     Cloud(CloudCommand),
     /// Print the nomad CLI's environment for this deployment: `eval "$(edgectl env)"`.
@@ -87,8 +87,12 @@ pub enum CloudCommand {
     /// Create or repair everything so AWS matches deployment.json.
     ///
     /// Components: pca (root CA, Nomad server and CLI certificates), roles-anywhere
-    /// (trust anchor, device role, profile). Outputs go to SSM under /infrastructure/.
-    /// A second run prints "no changes" and makes no write call.
+    /// (trust anchor, device role, profile), network (VPC, subnets, NAT, security
+    /// group), ingress (load balancer), servers (Nomad servers on EC2), auth (Cognito),
+    /// acl (Nomad ACLs; reached at the load balancer, or at NOMAD_ADDR when set).
+    /// Outputs go to SSM under /infrastructure/. Components that do not need each
+    /// other apply at the same time. A second run prints "no changes" and makes no
+    /// write call.
     /// Exit codes: 0 success, 1 error, 2 invalid input.
     Up {
         #[command(flatten)]
