@@ -3,6 +3,7 @@
 
 use super::Ctx;
 use crate::aws::{code, SdkResultExt, TAG_KEY};
+use crate::plan::{Action, Change, Value};
 use anyhow::{bail, Context, Result};
 use serde_json::Value as Json;
 
@@ -115,6 +116,104 @@ fn percent_decode(s: &str) -> Result<String> {
     Ok(String::from_utf8(out)?)
 }
 
+/// What a component wants of its role, for [`plan`].
+pub struct Want<'a> {
+    /// Addresses of the role and of its inline policy in the plan.
+    pub address: &'a str,
+    pub policy_address: &'a str,
+    pub name: &'a str,
+    /// Who may assume it, as shown on create (and on update when
+    /// `show_trust_on_update`).
+    pub trusts: Value,
+    pub show_trust_on_update: bool,
+    /// The trust policy; `None` while it depends on something not created yet.
+    pub trust: Option<&'a Json>,
+    /// The inline policy; `None` when nothing is granted inline.
+    pub policy: Option<&'a Json>,
+    pub managed: &'a [String],
+    /// Why a managed policy is attached, and why one is detached.
+    pub attach_reason: &'a str,
+    pub detach_reason: &'a str,
+}
+
+/// One change to a role; each component maps it onto its own `Op`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub enum Step {
+    Create,
+    SetTrust,
+    PutPolicy,
+    DeletePolicy,
+    Attach(String),
+    Detach(String),
+}
+
+/// The changes that make the observed role (if any) the wanted one.
+pub fn plan(want: &Want, have: Option<&Role>) -> Vec<(Change, Step)> {
+    let attachment = |arn: &str| format!("{}/attachment:{arn}", want.address);
+    let mut steps = Vec::new();
+    let Some(r) = have else {
+        steps.push((
+            Change::new(want.address, Action::Create, "missing")
+                .field("name", None, Value::known(want.name))
+                .field("trusts", None, want.trusts.clone()),
+            Step::Create,
+        ));
+        if want.policy.is_some() {
+            steps.push((
+                Change::new(want.policy_address, Action::Create, "missing"),
+                Step::PutPolicy,
+            ));
+        }
+        for arn in want.managed {
+            steps.push((
+                Change::new(attachment(arn), Action::Create, want.attach_reason),
+                Step::Attach(arn.clone()),
+            ));
+        }
+        return steps;
+    };
+    if want.trust != Some(&r.trust) {
+        let mut change = Change::new(want.address, Action::Update, "trust policy differs");
+        if want.show_trust_on_update {
+            change = change.field("trusts", None, want.trusts.clone());
+        }
+        steps.push((change, Step::SetTrust));
+    }
+    match (want.policy, &r.inline) {
+        (Some(w), Some(h)) if w == h => {}
+        (Some(_), Some(_)) => steps.push((
+            Change::new(want.policy_address, Action::Update, "permissions differ"),
+            Step::PutPolicy,
+        )),
+        (Some(_), None) => steps.push((
+            Change::new(want.policy_address, Action::Create, "missing"),
+            Step::PutPolicy,
+        )),
+        (None, Some(_)) => steps.push((
+            Change::new(
+                want.policy_address,
+                Action::Delete,
+                "no inline permissions configured",
+            ),
+            Step::DeletePolicy,
+        )),
+        (None, None) => {}
+    }
+    for arn in want.managed.iter().filter(|a| !r.attached.contains(a)) {
+        steps.push((
+            Change::new(attachment(arn), Action::Create, want.attach_reason),
+            Step::Attach(arn.clone()),
+        ));
+    }
+    for arn in r.attached.iter().filter(|a| !want.managed.contains(a)) {
+        steps.push((
+            Change::new(attachment(arn), Action::Delete, want.detach_reason),
+            Step::Detach(arn.clone()),
+        ));
+    }
+    steps
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -126,5 +225,59 @@ mod tests {
         let encoded = "%7B%22Version%22%3A%222012-10-17%22%7D";
         assert_eq!(decode_policy(encoded).unwrap()["Version"], "2012-10-17");
         assert!(decode_policy("%7B%2").is_err());
+    }
+
+    #[test]
+    fn role_plan_cases() {
+        let trust = serde_json::json!({"t": 1});
+        let policy = serde_json::json!({"p": 1});
+        let managed = vec!["arn:aws:iam::aws:policy/A".to_string()];
+        let want = Want {
+            address: "iam/r",
+            policy_address: "iam/r-policy",
+            name: "r",
+            trusts: Value::known("x"),
+            show_trust_on_update: true,
+            trust: Some(&trust),
+            policy: Some(&policy),
+            managed: &managed,
+            attach_reason: "configured",
+            detach_reason: "not configured",
+        };
+        let steps = |have: Option<&Role>, want: &Want| {
+            plan(want, have).into_iter().map(|(_, s)| s).collect::<Vec<_>>()
+        };
+        assert_eq!(
+            steps(None, &want),
+            [Step::Create, Step::PutPolicy, Step::Attach(managed[0].clone())]
+        );
+        let same = Role {
+            arn: "a".into(),
+            trust: trust.clone(),
+            inline: Some(policy.clone()),
+            attached: managed.clone(),
+        };
+        assert!(steps(Some(&same), &want).is_empty());
+        let drifted = Role {
+            trust: serde_json::json!({}),
+            inline: Some(serde_json::json!({})),
+            attached: vec!["arn:aws:iam::aws:policy/B".into()],
+            ..same.clone()
+        };
+        assert_eq!(
+            steps(Some(&drifted), &want),
+            [
+                Step::SetTrust,
+                Step::PutPolicy,
+                Step::Attach(managed[0].clone()),
+                Step::Detach("arn:aws:iam::aws:policy/B".into())
+            ]
+        );
+        let none = Want {
+            policy: None,
+            trust: None,
+            ..want
+        };
+        assert_eq!(steps(Some(&same), &none), [Step::SetTrust, Step::DeletePolicy]);
     }
 }

@@ -316,91 +316,28 @@ impl Component for RolesAnywhere {
         // The device role.
         let trust = anchor_arn.map(trust_policy);
         let policy = device_policy(&ctx.config.device_role, &ctx.aws.region, &ctx.aws.account);
-        match &o.role {
-            None => {
-                steps.push(planned(
-                    Change::new(ROLE, Action::Create, "missing")
-                        .field("name", None, Value::known(role_name(&ctx.deployment)))
-                        .field("trusts", None, known_or_later(anchor_arn)),
-                    Op::CreateRole,
-                ));
-                if policy.is_some() {
-                    steps.push(planned(
-                        Change::new(ROLE_POLICY, Action::Create, "missing"),
-                        Op::PutRolePolicy,
-                    ));
-                }
-                for arn in &ctx.config.device_role.managed_policy_arns {
-                    steps.push(planned(
-                        Change::new(
-                            format!("{ROLE}/attachment:{arn}"),
-                            Action::Create,
-                            "configured in device_role",
-                        ),
-                        Op::AttachPolicy(arn.clone()),
-                    ));
-                }
-            }
-            Some(r) => {
-                if trust.as_ref() != Some(&r.trust) {
-                    steps.push(planned(
-                        Change::new(ROLE, Action::Update, "trust policy differs").field(
-                            "trusts",
-                            None,
-                            known_or_later(anchor_arn),
-                        ),
-                        Op::SetTrustPolicy,
-                    ));
-                }
-                match (&policy, &r.inline) {
-                    (Some(want), Some(have)) if want == have => {}
-                    (Some(_), have) => steps.push(planned(
-                        Change::new(
-                            ROLE_POLICY,
-                            if have.is_some() {
-                                Action::Update
-                            } else {
-                                Action::Create
-                            },
-                            if have.is_some() {
-                                "permissions differ"
-                            } else {
-                                "missing"
-                            },
-                        ),
-                        Op::PutRolePolicy,
-                    )),
-                    (None, Some(_)) => steps.push(planned(
-                        Change::new(ROLE_POLICY, Action::Delete, "no inline permissions configured"),
-                        Op::DeleteRolePolicy,
-                    )),
-                    (None, None) => {}
-                }
-                for arn in &ctx.config.device_role.managed_policy_arns {
-                    if !r.attached.contains(arn) {
-                        steps.push(planned(
-                            Change::new(
-                                format!("{ROLE}/attachment:{arn}"),
-                                Action::Create,
-                                "configured in device_role",
-                            ),
-                            Op::AttachPolicy(arn.clone()),
-                        ));
-                    }
-                }
-                for arn in &r.attached {
-                    if !ctx.config.device_role.managed_policy_arns.contains(arn) {
-                        steps.push(planned(
-                            Change::new(
-                                format!("{ROLE}/attachment:{arn}"),
-                                Action::Delete,
-                                "not in device_role",
-                            ),
-                            Op::DetachPolicy(arn.clone()),
-                        ));
-                    }
-                }
-            }
+        let role = iam_role::Want {
+            address: ROLE,
+            policy_address: ROLE_POLICY,
+            name: &role_name(&ctx.deployment),
+            trusts: known_or_later(anchor_arn),
+            show_trust_on_update: true,
+            trust: trust.as_ref(),
+            policy: policy.as_ref(),
+            managed: &ctx.config.device_role.managed_policy_arns,
+            attach_reason: "configured in device_role",
+            detach_reason: "not in device_role",
+        };
+        for (change, step) in iam_role::plan(&role, o.role.as_ref()) {
+            let op = match step {
+                iam_role::Step::Create => Op::CreateRole,
+                iam_role::Step::SetTrust => Op::SetTrustPolicy,
+                iam_role::Step::PutPolicy => Op::PutRolePolicy,
+                iam_role::Step::DeletePolicy => Op::DeleteRolePolicy,
+                iam_role::Step::Attach(arn) => Op::AttachPolicy(arn),
+                iam_role::Step::Detach(arn) => Op::DetachPolicy(arn),
+            };
+            steps.push(planned(change, op));
         }
         let role_arn = o.role.as_ref().map(|r| r.arn.as_str());
 

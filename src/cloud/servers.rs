@@ -573,68 +573,28 @@ fn known(v: impl Into<String>) -> Value {
 }
 
 fn plan_iam(d: &Desired, o: &Observed, steps: &mut Vec<Planned<Op>>) {
-    match &o.role {
-        None => {
-            steps.push(planned(
-                Change::new(ROLE, Action::Create, "missing")
-                    .field("name", None, known(&d.role_name))
-                    .field("trusts", None, known("ec2.amazonaws.com")),
-                Op::CreateRole,
-            ));
-            steps.push(planned(
-                Change::new(ROLE_POLICY, Action::Create, "missing"),
-                Op::PutRolePolicy,
-            ));
-            for arn in &d.managed {
-                steps.push(planned(
-                    Change::new(format!("{ROLE}/attachment:{arn}"), Action::Create, "missing"),
-                    Op::AttachPolicy(arn.clone()),
-                ));
-            }
-        }
-        Some(r) => {
-            if r.trust != d.trust {
-                steps.push(planned(
-                    Change::new(ROLE, Action::Update, "trust policy differs"),
-                    Op::SetTrustPolicy,
-                ));
-            }
-            match &r.inline {
-                Some(p) if *p == d.policy => {}
-                have => steps.push(planned(
-                    Change::new(
-                        ROLE_POLICY,
-                        if have.is_some() {
-                            Action::Update
-                        } else {
-                            Action::Create
-                        },
-                        if have.is_some() {
-                            "permissions differ"
-                        } else {
-                            "missing"
-                        },
-                    ),
-                    Op::PutRolePolicy,
-                )),
-            }
-            for arn in d.managed.iter().filter(|a| !r.attached.contains(a)) {
-                steps.push(planned(
-                    Change::new(format!("{ROLE}/attachment:{arn}"), Action::Create, "missing"),
-                    Op::AttachPolicy(arn.clone()),
-                ));
-            }
-            for arn in r.attached.iter().filter(|a| !d.managed.contains(a)) {
-                steps.push(planned(
-                    Change::new(
-                        format!("{ROLE}/attachment:{arn}"),
-                        Action::Delete,
-                        "not ours to grant",
-                    ),
-                    Op::DetachPolicy(arn.clone()),
-                ));
-            }
-        }
+    let want = iam_role::Want {
+        address: ROLE,
+        policy_address: ROLE_POLICY,
+        name: &d.role_name,
+        trusts: known("ec2.amazonaws.com"),
+        show_trust_on_update: false,
+        trust: Some(&d.trust),
+        policy: Some(&d.policy),
+        managed: &d.managed,
+        attach_reason: "missing",
+        detach_reason: "not ours to grant",
+    };
+    for (change, step) in iam_role::plan(&want, o.role.as_ref()) {
+        let op = match step {
+            iam_role::Step::Create => Op::CreateRole,
+            iam_role::Step::SetTrust => Op::SetTrustPolicy,
+            iam_role::Step::PutPolicy => Op::PutRolePolicy,
+            iam_role::Step::DeletePolicy => unreachable!("the servers' inline policy is always wanted"),
+            iam_role::Step::Attach(arn) => Op::AttachPolicy(arn),
+            iam_role::Step::Detach(arn) => Op::DetachPolicy(arn),
+        };
+        steps.push(planned(change, op));
     }
     match &o.profile {
         None => steps.push(planned(
