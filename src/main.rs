@@ -5,6 +5,7 @@ mod aws;
 mod cli;
 mod cloud;
 mod config;
+mod device;
 mod error;
 mod nomad;
 mod nomad_env;

@@ -2,5 +2,6 @@
 //! command resolves once from flags and environment.
 
 pub mod deployment;
+pub mod inventory;
 
 pub use deployment::Deployment;
