@@ -69,6 +69,119 @@ pub enum Command {
         #[arg(long)]
         client_cert: bool,
     },
+    /// Edge devices over SSH: make them mTLS Nomad clients, check them, retire them
+    #[command(subcommand)]
+    Device(DeviceCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum DeviceCommand {
+    /// Make devices mTLS Nomad clients with their own certificate and AWS credentials.
+    ///
+    /// Reads the inventory (Ansible YAML), the CA, Roles Anywhere and load balancer
+    /// outputs from SSM; connects to each device over SSH (host keys checked against
+    /// known_hosts), observes it in one exec, and changes only what differs: packages,
+    /// the nomad user, certificates (key made on the device), the Nomad and
+    /// aws_signing_helper binaries, nomad.hcl, the unit. Nomad restarts only when
+    /// something it reads changed. Devices run in parallel; one failing does not
+    /// stop the others.
+    ///
+    /// Examples:
+    ///   edgectl device provision pi-01
+    ///   edgectl device provision --group robot1 --dry-run
+    ///   edgectl device provision --all --artifacts ./bin --parallel 32
+    ///   edgectl device provision --retry-failed
+    ///
+    /// Exit codes: 0 every device succeeded, 1 some failed, 2 invalid input
+    /// (with --dry-run --detailed-exitcode: 0 no changes, 2 changes, 1 error).
+    Provision {
+        #[command(flatten)]
+        select: DeviceSelect,
+        #[command(flatten)]
+        ssh: SshFlags,
+        /// Show what would change on each device (file diffs, secrets masked); change nothing
+        #[arg(long)]
+        dry_run: bool,
+        /// With --dry-run: exit 2 when some device would change
+        #[arg(long, requires = "dry_run")]
+        detailed_exitcode: bool,
+        /// Upload nomad and aws_signing_helper from DIR (`DIR/linux_<arch>/<name>` or
+        /// `DIR/<name>`) instead of downloading the official releases on the device
+        #[arg(long, value_name = "DIR")]
+        artifacts: Option<std::path::PathBuf>,
+        /// Devices at once
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        parallel: u16,
+        /// Re-run only the devices that failed in the last provision of this deployment
+        #[arg(long, conflicts_with_all = ["names", "group", "all"])]
+        retry_failed: bool,
+        /// Nomad servers the devices join (host[:port], repeatable); default: the
+        /// load balancer from SSM, or the host's `nomad_servers` var
+        #[arg(long = "nomad-server", value_name = "ADDR")]
+        nomad_servers: Vec<String>,
+        /// Renew a device certificate that expires within this many days
+        #[arg(long, default_value_t = 30, value_name = "DAYS")]
+        renew_within: u32,
+    },
+    /// Per device: reachable, nomad active, certificate expiry, Nomad node status.
+    ///
+    /// Exit codes: 0 every device is healthy, 1 some are not, 2 invalid input.
+    Status {
+        #[command(flatten)]
+        select: DeviceSelect,
+        #[command(flatten)]
+        ssh: SshFlags,
+        #[arg(long, default_value_t = 16, value_parser = clap::value_parser!(u16).range(1..=1024))]
+        parallel: u16,
+    },
+    /// Retire devices: stop and disable nomad, remove edgectl's files and the key,
+    /// revoke the certificate, purge the Nomad node, delete the SSM record.
+    ///
+    /// Example: edgectl device deprovision pi-03 --yes
+    ///
+    /// Exit codes: 0 success, 1 error or refused confirmation, 2 invalid input.
+    Deprovision {
+        #[command(flatten)]
+        select: DeviceSelect,
+        #[command(flatten)]
+        ssh: SshFlags,
+        /// Do not ask for confirmation
+        #[arg(long)]
+        yes: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct DeviceSelect {
+    /// Devices by inventory name
+    pub names: Vec<String>,
+    /// Every device of this inventory group
+    #[arg(long, conflicts_with = "names")]
+    pub group: Option<String>,
+    /// Every device in the inventory
+    #[arg(long, conflicts_with_all = ["names", "group"])]
+    pub all: bool,
+    /// The inventory (Ansible YAML)
+    #[arg(
+        long,
+        short = 'i',
+        default_value = "inventory/inventory.yml",
+        value_name = "FILE"
+    )]
+    pub inventory: std::path::PathBuf,
+}
+
+#[derive(Debug, Args)]
+pub struct SshFlags {
+    /// Record unknown host keys in known_hosts instead of refusing (a changed key is always refused)
+    #[arg(long)]
+    pub accept_new_host_keys: bool,
+    /// known_hosts file (default ~/.ssh/known_hosts)
+    #[arg(long, value_name = "FILE")]
+    pub known_hosts: Option<std::path::PathBuf>,
+    /// Seconds to wait for a device to answer
+    #[arg(long, default_value_t = 10, value_name = "SECS")]
+    pub connect_timeout: u64,
 }
 
 #[derive(Debug, Subcommand)]

@@ -17,7 +17,7 @@ mod secret;
 
 use anyhow::Result;
 use clap::Parser;
-use cli::{Cli, CloudCommand, Command};
+use cli::{Cli, CloudCommand, Command, DeviceCommand};
 use error::{Exit, InvalidInput, User};
 use output::{Format, Printer, Tense};
 use std::io::{BufRead, IsTerminal, Write};
@@ -35,7 +35,7 @@ fn main() -> ExitCode {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
             let invalid = error::is_invalid_input(&err);
-            if !invalid && err.chain().all(|e| !e.is::<User>()) {
+            if !invalid && !error::is_user(&err) {
                 tracing::debug!("unexpected error: {err:?}");
             }
             printer.error(&format!("{err:#}"), &error::hints(&err));
@@ -60,6 +60,7 @@ fn init_tracing(verbose: u8) {
 async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
     match &cli.command {
         Command::Cloud(cmd) => run_cloud(cli, cmd, printer).await,
+        Command::Device(cmd) => run_device(cli, cmd, printer).await,
         Command::Env { token, client_cert } => {
             let ctx = context(cli, printer).await?;
             let settings = nomad_env::EnvSettings {
@@ -191,6 +192,152 @@ async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Ex
             printer.report("cloud down", &report, Tense::Did);
             Ok(Exit::Ok)
         }
+    }
+}
+
+fn device_settings(
+    cli: &Cli,
+    select: &cli::DeviceSelect,
+    ssh: &cli::SshFlags,
+    parallel: u16,
+    retry_failed: bool,
+) -> Result<device::Settings> {
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
+        .ok_or_else(|| {
+            User::new(
+                "HOME is not set",
+                "set HOME (edgectl reads ~/.ssh and keeps its state there)",
+            )
+        })?;
+    let selection = match (&select.names[..], &select.group, select.all) {
+        (_, _, true) => config::inventory::Selection::All,
+        (_, Some(g), _) => config::inventory::Selection::Group(g.clone()),
+        ([], None, false) if !retry_failed => {
+            return Err(InvalidInput(vec![
+                "device: name the devices (`pi-01 pi-02`), or use `--group G`, `--all` or `--retry-failed`"
+                    .into(),
+            ])
+            .into())
+        }
+        (names, None, false) => config::inventory::Selection::Names(names.to_vec()),
+    };
+    let mut ssh_opts = device::ssh::Options::default_for(&home);
+    if let Some(k) = &ssh.known_hosts {
+        ssh_opts.known_hosts = k.clone();
+    }
+    ssh_opts.accept_new_host_keys = ssh.accept_new_host_keys;
+    ssh_opts.connect_timeout = std::time::Duration::from_secs(ssh.connect_timeout.max(1));
+    let state_home = std::env::var_os("XDG_STATE_HOME")
+        .filter(|d| !d.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| home.join(".local/state"));
+    Ok(device::Settings {
+        inventory: select.inventory.clone(),
+        selection,
+        retry_failed,
+        parallel: parallel as usize,
+        ssh: ssh_opts,
+        local_user: std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into()),
+        home,
+        state_dir: state_home.join("edgectl").join(&cli.global.deployment),
+    })
+}
+
+async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<Exit> {
+    match cmd {
+        DeviceCommand::Provision {
+            select,
+            ssh,
+            dry_run,
+            detailed_exitcode,
+            artifacts,
+            parallel,
+            retry_failed,
+            nomad_servers,
+            renew_within,
+        } => {
+            let s = device_settings(cli, select, ssh, *parallel, *retry_failed)?;
+            let ctx = context(cli, printer).await?;
+            let p = device::ProvisionSettings {
+                dry_run: *dry_run,
+                artifacts: artifacts.clone(),
+                nomad_servers: nomad_servers.clone(),
+                renew_within_days: *renew_within as i64,
+            };
+            let progress = std::sync::Arc::new(output::HostLines(printer));
+            let report = device::provision(&ctx, &s, &p, progress).await?;
+            printer.fleet("device provision", &report);
+            Ok(if !report.failed().is_empty() {
+                Exit::Failed
+            } else if *detailed_exitcode && report.changed() {
+                Exit::Two
+            } else {
+                Exit::Ok
+            })
+        }
+        DeviceCommand::Status {
+            select,
+            ssh,
+            parallel,
+        } => {
+            let s = device_settings(cli, select, ssh, *parallel, false)?;
+            let ctx = context(cli, printer).await?;
+            let report = device::status(&ctx, &s).await?;
+            printer.device_status(&report);
+            Ok(if report.iter().all(|r| r.healthy()) {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
+        }
+        DeviceCommand::Deprovision { select, ssh, yes } => {
+            let s = device_settings(cli, select, ssh, 16, false)?;
+            let ctx = context(cli, printer).await?;
+            let hosts = device::select(&s)?;
+            confirm_deprovision(*yes, &hosts)?;
+            let progress = std::sync::Arc::new(output::HostLines(printer));
+            let report = device::deprovision(&ctx, &s, hosts, progress).await?;
+            printer.fleet("device deprovision", &report);
+            Ok(if report.failed().is_empty() {
+                Exit::Ok
+            } else {
+                Exit::Failed
+            })
+        }
+    }
+}
+
+fn confirm_deprovision(yes: bool, hosts: &[config::inventory::Host]) -> Result<()> {
+    if yes {
+        return Ok(());
+    }
+    let names: Vec<&str> = hosts.iter().map(|h| h.name.as_str()).collect();
+    if !std::io::stdin().is_terminal() {
+        return Err(User::new(
+            format!(
+                "refusing to deprovision {} without confirmation",
+                names.join(", ")
+            ),
+            "pass `--yes` to confirm non-interactively",
+        )
+        .into());
+    }
+    eprint!(
+        "Deprovision {} (stop Nomad, remove its files and key, revoke the certificate)? [y/N] ",
+        names.join(", ")
+    );
+    let _ = std::io::stderr().flush();
+    let mut answer = String::new();
+    std::io::stdin().lock().read_line(&mut answer)?;
+    if matches!(answer.trim(), "y" | "Y" | "yes") {
+        Ok(())
+    } else {
+        Err(User::new("deprovision not confirmed", "answer `y`, or pass `--yes`").into())
     }
 }
 

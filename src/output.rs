@@ -249,6 +249,133 @@ impl Reporter for Quiet {
     fn failed(&self, _: &Change) {}
 }
 
+/// Live per-host lines on stderr during a fleet run (terminal only).
+pub struct HostLines(pub Printer);
+
+impl crate::device::Progress for HostLines {
+    fn host(&self, host: &str, line: &str) {
+        if self.0.progress {
+            eprintln!("{} {line}", self.0.paint("1", &format!("{host}:")));
+        }
+    }
+}
+
+impl Printer {
+    /// A fleet run: per-host changes (dry run: with file diffs), then the
+    /// summary table, then a ready-to-paste retry line when some failed.
+    pub fn fleet(&self, command: &str, report: &crate::device::FleetReport) {
+        use crate::device::Outcome;
+        if self.format == Format::Json {
+            return self.json(command, report);
+        }
+        let mut s = String::new();
+        for h in &report.hosts {
+            if h.changes.is_empty() {
+                continue;
+            }
+            let tense = if report.dry_run { Tense::Will } else { Tense::Did };
+            s.push_str(&format!("{}:\n", h.host));
+            for line in self.plan_text(&h.changes, tense).lines() {
+                s.push_str(&format!("{line}\n"));
+                if let Some(addr) = line.trim_start().split(' ').nth(1) {
+                    if let Some(diff) = h.diffs.get(addr) {
+                        for d in diff.lines() {
+                            s.push_str(&format!("        {d}\n"));
+                        }
+                    }
+                }
+            }
+            s.push('\n');
+        }
+        let header = ["HOST", "RESULT", "CHANGES", "TIME", "SSH EXECS", "ERROR"].map(String::from);
+        s.push_str(&table_text(&header, &h_rows(report)));
+        s.push('\n');
+        let failed: Vec<&str> = report.failed();
+        let ok = report.hosts.len() - failed.len();
+        s.push_str(&format!(
+            "\n{ok} of {} devices {}{}",
+            report.hosts.len(),
+            if report.dry_run { "checked" } else { "succeeded" },
+            if report.hosts.iter().any(|h| h.result == Outcome::Failed) {
+                format!(
+                    "; to retry the failed ones: edgectl device provision {}",
+                    failed.join(" ")
+                )
+            } else {
+                String::new()
+            }
+        ));
+        self.out(&s);
+    }
+}
+
+fn h_rows(report: &crate::device::FleetReport) -> Vec<[String; 6]> {
+    report
+        .hosts
+        .iter()
+        .map(|h| {
+            [
+                h.host.clone(),
+                format!("{:?}", h.result).to_lowercase(),
+                h.changes.len().to_string(),
+                format!("{:.1}s", h.seconds),
+                h.round_trips.to_string(),
+                h.error.clone().unwrap_or_default(),
+            ]
+        })
+        .collect()
+}
+
+impl Printer {
+    pub fn device_status(&self, rows: &[crate::device::status::DeviceStatus]) {
+        if self.format == Format::Json {
+            return self.json("device status", &serde_json::json!({ "devices": rows }));
+        }
+        let yes_no = |b: Option<bool>, yes: &str, no: &str| match b {
+            Some(true) => yes.to_string(),
+            Some(false) => no.to_string(),
+            None => "-".to_string(),
+        };
+        let table: Vec<[String; 6]> = rows
+            .iter()
+            .map(|r| {
+                [
+                    r.host.clone(),
+                    yes_no(Some(r.reachable), "reachable", "unreachable"),
+                    yes_no(r.nomad_active, "active", "inactive"),
+                    match (&r.certificate_expires, r.certificate_days_left) {
+                        (Some(at), Some(d)) => format!("{} ({d} days)", &at[..at.len().min(10)]),
+                        _ => "-".into(),
+                    },
+                    r.node_status
+                        .clone()
+                        .unwrap_or_else(|| "(control plane not reachable)".into()),
+                    r.error.clone().unwrap_or_default(),
+                ]
+            })
+            .collect();
+        let header = ["HOST", "SSH", "NOMAD", "CERTIFICATE EXPIRES", "NODE", "ERROR"].map(String::from);
+        self.out(&table_text(&header, &table));
+    }
+}
+
+/// Left-aligned columns two spaces apart, trailing blanks trimmed.
+fn table_text<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> String {
+    let mut widths = [0usize; N];
+    for r in std::iter::once(header).chain(rows) {
+        for (w, c) in widths.iter_mut().zip(r) {
+            *w = (*w).max(c.chars().count());
+        }
+    }
+    let mut s = String::new();
+    for r in std::iter::once(header).chain(rows) {
+        let line: Vec<String> = r.iter().zip(widths).map(|(c, w)| format!("{c:w$}")).collect();
+        s.push_str(line.join("  ").trim_end());
+        s.push('\n');
+    }
+    s.trim_end().to_string()
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;

@@ -34,6 +34,11 @@ pub fn certificate(name: &str) -> String {
     format!("/infrastructure/certificates/{name}")
 }
 
+/// A device's record: `/infrastructure/devices/<name>/<field>`.
+pub fn device(name: &str, field: &str) -> String {
+    format!("/infrastructure/devices/{name}/{field}")
+}
+
 /// SSM's Standard tier holds 4 KB; above that AWS demands Advanced (moto
 /// does not check, so we decide it ourselves).
 const STANDARD_TIER_LIMIT: usize = 4096;
@@ -48,6 +53,7 @@ pub enum Kind {
 /// the reference names (`/infrastructure/...`); a deployment other than
 /// `default` keeps its own copy under `/edgectl/<name>/infrastructure/...`
 /// so two deployments in one account never overwrite each other's keys.
+#[derive(Clone)]
 pub struct Store {
     client: aws_sdk_ssm::Client,
     region: String,

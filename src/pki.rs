@@ -30,6 +30,17 @@ pub struct Identity {
 /// critical as the original sample did.
 pub fn rsa_csr(id: &Identity) -> Result<KeyAndCsr> {
     let key = KeyPair::generate_for(&rcgen::PKCS_RSA_SHA256).context("generating an RSA-2048 key")?;
+    csr_with(id, key)
+}
+
+/// A new ECDSA P-256 key and a CSR for `id` (device identities: small keys
+/// that the AWS signing helper and Nomad both take).
+pub fn ec_csr(id: &Identity) -> Result<KeyAndCsr> {
+    let key = KeyPair::generate_for(&rcgen::PKCS_ECDSA_P256_SHA256).context("generating a P-256 key")?;
+    csr_with(id, key)
+}
+
+fn csr_with(id: &Identity, key: KeyPair) -> Result<KeyAndCsr> {
     let mut params = CertificateParams::default();
     let mut dn = DistinguishedName::new();
     dn.push(DnType::CommonName, id.common_name.as_str());
@@ -83,12 +94,17 @@ fn der(out: &mut Vec<u8>, tag: u8, content: &[u8]) {
 #[derive(Debug, Clone)]
 pub struct CertFacts {
     pub subject_cn: Option<String>,
+    /// The subject's serialNumber attribute (a device's UUID).
+    pub subject_serial: Option<String>,
     pub not_after: i64,
     pub serial_hex: String,
     pub dns: Vec<String>,
     pub ips: Vec<IpAddr>,
     /// The subjectPublicKey bits (RSAPublicKey or EC point).
     pub public_key: Vec<u8>,
+    /// sha256 (hex) of the whole SubjectPublicKeyInfo DER, as
+    /// `openssl pkey -pubout -outform DER | sha256sum` prints it for the key.
+    pub spki_sha256: String,
 }
 
 pub fn facts(cert_pem: &str) -> Result<CertFacts> {
@@ -118,11 +134,18 @@ pub fn facts(cert_pem: &str) -> Result<CertFacts> {
             .next()
             .and_then(|cn| cn.as_str().ok())
             .map(str::to_string),
+        subject_serial: cert
+            .subject()
+            .iter_by_oid(&x509_parser::oid_registry::OID_X509_SERIALNUMBER)
+            .next()
+            .and_then(|a| a.as_str().ok())
+            .map(str::to_string),
         not_after: cert.validity().not_after.timestamp(),
         serial_hex: cert.raw_serial_as_string().replace(':', ""),
         dns,
         ips,
         public_key: cert.public_key().subject_public_key.data.to_vec(),
+        spki_sha256: hex_sha256(cert.public_key().raw),
     };
     Ok(facts)
 }
@@ -158,6 +181,28 @@ pub fn needs_reissue(
     let Some(cert_pem) = cert_pem else {
         return Some("missing");
     };
+    if let Some(reason) = cert_needs_reissue(cert_pem, ca_pem, want, now, renew_within_days) {
+        return Some(reason);
+    }
+    let Ok(f) = facts(cert_pem) else {
+        return Some("stored certificate does not parse");
+    };
+    match key_pem {
+        None => Some("private key missing"),
+        Some(k) if !key_matches(k, &f) => Some("private key does not match the certificate"),
+        Some(_) => None,
+    }
+}
+
+/// The certificate half of [`needs_reissue`], for keys edgectl never holds
+/// (a device's key stays on the device).
+pub fn cert_needs_reissue(
+    cert_pem: &str,
+    ca_pem: Option<&str>,
+    want: &Identity,
+    now: i64,
+    renew_within_days: i64,
+) -> Option<&'static str> {
     let Ok(f) = facts(cert_pem) else {
         return Some("stored certificate does not parse");
     };
@@ -182,11 +227,19 @@ pub fn needs_reissue(
     if have_dns != want_dns || have_ips != want_ips {
         return Some("subject alternative names differ");
     }
-    match key_pem {
-        None => Some("private key missing"),
-        Some(k) if !key_matches(k, &f) => Some("private key does not match the certificate"),
-        Some(_) => None,
+    if want.serial_number.is_some() && f.subject_serial != want.serial_number {
+        return Some("serial number differs");
     }
+    None
+}
+
+/// Lower-case hex sha256, as `sha256sum` prints it.
+pub fn hex_sha256(bytes: &[u8]) -> String {
+    aws_lc_rs::digest::digest(&aws_lc_rs::digest::SHA256, bytes)
+        .as_ref()
+        .iter()
+        .map(|b| format!("{b:02x}"))
+        .collect()
 }
 
 /// A stable idempotency token (≤ 36 chars) for requests derived from `parts`.

@@ -590,3 +590,300 @@ async fn killed_right_after_the_bootstrap_call_the_next_up_converges() {
     again.expect(0);
     assert!(again.stdout().contains("no changes"), "{}", again.stdout());
 }
+
+/// The `error:` and `hint:` lines of a failed run: one error line, no
+/// debug output. Before any apply (`progress` false) they must be all of
+/// stderr; an apply also reports its steps there.
+fn error_and_hints(run: &Run, progress: bool) -> (String, Vec<String>) {
+    let err = run.stderr();
+    let mut errors = Vec::new();
+    let mut hints = Vec::new();
+    for line in err.lines() {
+        if let Some(e) = line.strip_prefix("error: ") {
+            errors.push(e.to_string());
+        } else if let Some(h) = line.strip_prefix("hint: ") {
+            hints.push(h.to_string());
+        } else {
+            assert!(
+                progress && (line.is_empty() || line.starts_with("  ")),
+                "stderr holds more than the error and its hints: {line:?}\n{err}"
+            );
+        }
+    }
+    assert_eq!(errors.len(), 1, "one error line:\n{err}");
+    for noise in ["Caused by", "ApiError", "backtrace", "panicked", "{ status"] {
+        assert!(!err.contains(noise), "{noise:?} in:\n{err}");
+    }
+    (errors.remove(0), hints)
+}
+
+/// Writes `text` into the stand's directory; the path.
+fn file(stand: &Stand, name: &str, text: &str) -> String {
+    let path = stand.dir.path().join(name);
+    std::fs::write(&path, text).unwrap();
+    path.display().to_string()
+}
+
+/// A token Nomad accepts but that lacks ACL write (a client token with a
+/// read-only policy), on a cluster bootstrapped outside edgectl: edgectl
+/// uses it (there is no token of its own), does not try to bootstrap
+/// (Nomad knows the token, so ACLs are bootstrapped), and stops at the
+/// first ACL read with Nomad's 403 and the way out, before any write to
+/// SSM or Nomad.
+#[tokio::test]
+async fn a_nomad_token_without_acl_write_fails_with_nomads_403_and_writes_nothing() {
+    let stand = Stand::start().await;
+    let cfg = stand.sdk().await;
+    let ca = testkit::pca::TestCa::create(&cfg, "Nomad CA").await.unwrap();
+    let server = NomadServer::start(&cfg, &ca).await.unwrap();
+    let management = server.bootstrap_acl().await.unwrap();
+    let api = server.api().with_token(&management);
+    let rules = "node { policy = \"read\" }\nagent { policy = \"read\" }\n";
+    api.put(
+        "/v1/acl/policy/read-only",
+        &json!({"Name": "read-only", "Rules": rules}),
+    )
+    .await
+    .unwrap();
+    let reader = api
+        .put(
+            "/v1/acl/token",
+            &json!({"Name": "reader", "Type": "client", "Policies": ["read-only"]}),
+        )
+        .await
+        .unwrap();
+    let secret = reader["SecretID"].as_str().unwrap().to_string();
+    let env = [
+        ("NOMAD_ADDR", server.http_url.clone()),
+        ("NOMAD_CACERT", file(&stand, "nomad-ca.pem", &server.ca_pem)),
+        ("NOMAD_CLIENT_CERT", file(&stand, "cli.pem", &server.cli.cert_pem)),
+        (
+            "NOMAD_CLIENT_KEY",
+            file(&stand, "cli-key.pem", &server.cli.key_pem),
+        ),
+        ("NOMAD_TOKEN", secret.clone()),
+        // The harness's servers are in Nomad's default region.
+        ("NOMAD_TLS_SERVER_NAME", "server.global.nomad".to_string()),
+    ];
+    let env: Vec<(&str, &str)> = env.iter().map(|(k, v)| (*k, v.as_str())).collect();
+    let before = acl_index(&api).await;
+    stand.sim.reset_requests();
+
+    for command in [&["cloud", "up"][..], &["cloud", "plan"]] {
+        let run = edgectl_with(&stand, command, &env).await;
+        eprintln!("--- {command:?} said:\n{}\n{}", run.stdout(), run.stderr());
+        run.expect(1);
+        let (error, hints) = error_and_hints(&run, false);
+        assert_eq!(
+            error,
+            format!(
+                "observing acl: NOMAD_TOKEN is a client token (policies: read-only) without ACL write, and \
+                 edgectl needs a management token: GET {}/v1/acl/tokens: Nomad answered 403: Permission denied",
+                server.http_url
+            )
+        );
+        assert_eq!(hints.len(), 1, "{hints:?}");
+        let hint = &hints[0];
+        assert!(
+            hint.contains("managing Nomad's ACLs takes a management token (no token in /infrastructure/nomad/token/bootstrap)"),
+            "{hint}"
+        );
+        assert!(hint.contains("run again with NOMAD_TOKEN set to"), "{hint}");
+        for out in [run.stdout(), run.stderr()] {
+            assert!(!out.contains(&secret), "the token must not be printed");
+            assert!(!out.contains(&management), "no token must be printed");
+        }
+        assert!(run.stdout().trim().is_empty(), "no plan shown: {}", run.stdout());
+    }
+
+    // Nothing written anywhere: no AWS write (no bootstrap secret, policy
+    // text or CI token in SSM), no ACL write in Nomad.
+    assert_eq!(stand.writes(), Vec::<String>::new());
+    for name in [BOOTSTRAP, CI, POLICY] {
+        assert_eq!(ssm(&stand, name).await, None, "{name}");
+    }
+    assert_eq!(acl_index(&api).await, before);
+    let tokens = api.get("/v1/acl/tokens").await.unwrap();
+    let names: Vec<&str> = tokens
+        .as_array()
+        .unwrap()
+        .iter()
+        .filter_map(|t| t["Name"].as_str())
+        .collect();
+    assert!(!names.contains(&"edgectl-ci"), "{tokens}");
+    let (status, _) = api
+        .send(reqwest::Method::GET, "/v1/acl/policy/submit-job", None)
+        .await
+        .unwrap();
+    assert_eq!(status, 404);
+}
+
+/// A stand-in Nomad over TLS: `/v1/status/leader` names a leader, every
+/// ACL call answers 500 `rpc error: test fault`. It logs `METHOD path`.
+struct FaultyNomad {
+    url: String,
+    ca_pem: String,
+    calls: std::sync::Arc<std::sync::Mutex<Vec<String>>>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl Drop for FaultyNomad {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+const FAULT: &str = "rpc error: test fault";
+
+impl FaultyNomad {
+    async fn start() -> FaultyNomad {
+        use http_body_util::Full;
+        use hyper::body::Bytes;
+        use tokio_rustls::rustls::{self, pki_types::pem::PemObject};
+
+        let ca = testkit::pca::ForeignCa::new("Faulty Nomad CA");
+        let cert = ca.issue_ec(
+            "server.eu-west-1.nomad",
+            &["server.eu-west-1.nomad"],
+            &[LOCALHOST],
+        );
+        let chain =
+            vec![rustls::pki_types::CertificateDer::from_pem_slice(cert.cert_pem.as_bytes()).unwrap()];
+        let key = rustls::pki_types::PrivateKeyDer::from_pem_slice(cert.key_pem.as_bytes()).unwrap();
+        let provider = std::sync::Arc::new(rustls::crypto::aws_lc_rs::default_provider());
+        let config = rustls::ServerConfig::builder_with_provider(provider)
+            .with_safe_default_protocol_versions()
+            .unwrap()
+            .with_no_client_auth()
+            .with_single_cert(chain, key)
+            .unwrap();
+        let acceptor = tokio_rustls::TlsAcceptor::from(std::sync::Arc::new(config));
+        let listener = tokio::net::TcpListener::bind((LOCALHOST, 0)).await.unwrap();
+        let url = format!("https://{}", listener.local_addr().unwrap());
+        let calls = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let log = calls.clone();
+        let task = tokio::spawn(async move {
+            loop {
+                let Ok((tcp, _)) = listener.accept().await else {
+                    continue;
+                };
+                let (acceptor, log) = (acceptor.clone(), log.clone());
+                tokio::spawn(async move {
+                    let Ok(tls) = acceptor.accept(tcp).await else {
+                        return;
+                    };
+                    let service =
+                        hyper::service::service_fn(move |req: hyper::Request<hyper::body::Incoming>| {
+                            let path = req.uri().path().to_string();
+                            log.lock().unwrap().push(format!("{} {path}", req.method()));
+                            let (status, body) = if path == "/v1/status/leader" {
+                                (200, "\"127.0.0.1:4647\"")
+                            } else if path.starts_with("/v1/acl/") {
+                                (500, FAULT)
+                            } else {
+                                (404, "404 page not found")
+                            };
+                            let resp = hyper::Response::builder()
+                                .status(status)
+                                .body(Full::new(Bytes::from_static(body.as_bytes())))
+                                .unwrap();
+                            async move { Ok::<_, std::convert::Infallible>(resp) }
+                        });
+                    let _ = hyper::server::conn::http1::Builder::new()
+                        .serve_connection(hyper_util::rt::TokioIo::new(tls), service)
+                        .await;
+                });
+            }
+        });
+        FaultyNomad {
+            url,
+            ca_pem: ca.cert_pem().to_string(),
+            calls,
+            task,
+        }
+    }
+
+    fn calls(&self) -> Vec<String> {
+        self.calls.lock().unwrap().clone()
+    }
+}
+
+/// Nomad's 500 answers reach the user as one error line with the
+/// operation, the status and Nomad's own text; nothing is written.
+#[tokio::test]
+async fn nomads_500_answers_are_shown_with_the_operation_and_nothing_is_written() {
+    let stand = Stand::start().await;
+    let nomad = FaultyNomad::start().await;
+    let ca = file(&stand, "faulty-ca.pem", &nomad.ca_pem);
+    let base = [("NOMAD_ADDR", nomad.url.as_str()), ("NOMAD_CACERT", ca.as_str())];
+
+    // No token anywhere: nothing to ask Nomad's ACLs yet, and the leader
+    // answer over TLS is accepted (the plan is to bootstrap).
+    let plan = edgectl_with(&stand, &["cloud", "plan"], &base).await;
+    plan.expect(0);
+    assert!(
+        plan.stdout()
+            .contains("+ nomad:acl/bootstrap (no management token in SSM)"),
+        "{}",
+        plan.stdout()
+    );
+    assert_eq!(nomad.calls(), ["GET /v1/status/leader"]);
+
+    // A token to check: the check is an ACL call, and Nomad fails it.
+    let mut env = base.to_vec();
+    env.push(("NOMAD_TOKEN", "00000000-0000-0000-0000-000000000001"));
+    stand.sim.reset_requests();
+    let run = edgectl_with(&stand, &["cloud", "up"], &env).await;
+    eprintln!("--- edgectl said:\n{}\n{}", run.stdout(), run.stderr());
+    run.expect(1);
+    let (error, hints) = error_and_hints(&run, false);
+    assert_eq!(
+        error,
+        format!(
+            "observing acl: GET {}/v1/acl/token/self: Nomad answered 500: {FAULT}",
+            nomad.url
+        )
+    );
+    assert_eq!(hints, Vec::<String>::new());
+    assert!(!run.stderr().contains("00000000-0000-0000-0000-000000000001"));
+    assert_eq!(stand.writes(), Vec::<String>::new());
+    for name in [BOOTSTRAP, CI, POLICY] {
+        assert_eq!(ssm(&stand, name).await, None, "{name}");
+    }
+    assert!(
+        nomad.calls().iter().all(|c| c.starts_with("GET ")),
+        "no write reached Nomad: {:?}",
+        nomad.calls()
+    );
+
+    // No token at all: the AWS side is made and the bootstrap secret
+    // stored (before any bootstrap, by design); the bootstrap step's first
+    // ACL call fails, and nothing after it runs: no policy text, no CI
+    // token in SSM, no write sent to Nomad.
+    let run = edgectl_with(&stand, &["cloud", "up"], &base).await;
+    eprintln!("--- edgectl said:\n{}\n{}", run.stdout(), run.stderr());
+    run.expect(1);
+    let (error, hints) = error_and_hints(&run, true);
+    assert_eq!(
+        error,
+        format!(
+            "+ nomad:acl/bootstrap: GET {}/v1/acl/token/self: Nomad answered 500: {FAULT}",
+            nomad.url
+        )
+    );
+    assert_eq!(hints, Vec::<String>::new());
+    assert!(
+        run.stderr().contains("  creating nomad:acl/bootstrap: failed"),
+        "{}",
+        run.stderr()
+    );
+    let secret = ssm(&stand, BOOTSTRAP).await.expect("stored before the bootstrap");
+    assert!(!run.stdout().contains(&secret) && !run.stderr().contains(&secret));
+    assert_eq!(ssm(&stand, CI).await, None);
+    assert_eq!(ssm(&stand, POLICY).await, None);
+    assert!(
+        nomad.calls().iter().all(|c| c.starts_with("GET ")),
+        "no write reached Nomad: {:?}",
+        nomad.calls()
+    );
+}

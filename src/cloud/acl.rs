@@ -215,7 +215,7 @@ async fn read_params(ctx: &Ctx) -> Result<BTreeMap<String, Secret>> {
 
 /// `NOMAD_ADDR`, else the ingress output on Nomad's port; `None` before
 /// the control plane exists.
-fn target(ctx: &Ctx, params: &BTreeMap<String, Secret>) -> Result<Option<reqwest::Url>> {
+pub(crate) fn target(ctx: &Ctx, params: &BTreeMap<String, Secret>) -> Result<Option<reqwest::Url>> {
     let addr = match ctx.nomad.as_ref().and_then(|n| n.addr.clone()) {
         Some(a) => a,
         None => match params.get(outputs::NOMAD_ENDPOINT) {
@@ -239,7 +239,7 @@ fn ui_url(ctx: &Ctx, params: &BTreeMap<String, Secret>) -> Option<String> {
 
 /// The CA and client certificate: `NOMAD_*` files, else edgectl's own from
 /// SSM. `None` until the CA exists.
-fn tls(ctx: &Ctx, params: &BTreeMap<String, Secret>, url: &reqwest::Url) -> Option<Tls> {
+pub(crate) fn tls(ctx: &Ctx, params: &BTreeMap<String, Secret>, url: &reqwest::Url) -> Option<Tls> {
     let env = ctx.nomad.as_ref();
     let ca_pem = env.and_then(|n| n.ca_pem.clone()).or_else(|| {
         params
@@ -275,7 +275,11 @@ enum Source {
 }
 
 /// The first management token Nomad accepts: ours from SSM, else
-/// `NOMAD_TOKEN`; or why there is none.
+/// `NOMAD_TOKEN`; or why there is none. A `NOMAD_TOKEN` that Nomad accepts
+/// but that is no management token is an error, not a reason to bootstrap:
+/// the cluster is bootstrapped (Nomad knows the token), and the user asked
+/// for that token. Nomad's own refusal of the first ACL read edgectl makes
+/// with it is shown, with the way out.
 async fn find_management(
     c: &Client,
     ctx: &Ctx,
@@ -286,20 +290,70 @@ async fn find_management(
         (ctx.nomad.as_ref().and_then(|n| n.token.clone()), Source::Env),
     ];
     let mut why = Vec::new();
+    let mut limited = None;
     for (token, source) in candidates {
         let Some(token) = token else { continue };
-        match check_token(c, &token).await? {
-            None => return Ok(Ok((token, source))),
-            Some(w) => why.push(match source {
-                Source::Ssm => format!("SSM: {w}"),
-                Source::Env => format!("NOMAD_TOKEN: {w}"),
-            }),
-        }
+        let w = match check_token(c, &token).await? {
+            TokenCheck::Management => return Ok(Ok((token, source))),
+            TokenCheck::Limited(t) => {
+                let w = format!("the stored token is a {} token, not management", t.r#type);
+                if source == Source::Env {
+                    limited = Some((token, t));
+                }
+                w
+            }
+            TokenCheck::Refused => "no management token that Nomad accepts".to_string(),
+        };
+        why.push(match source {
+            Source::Ssm => format!("SSM: {w}"),
+            Source::Env => format!("NOMAD_TOKEN: {w}"),
+        });
+    }
+    if let Some((token, t)) = limited {
+        let ours = why
+            .iter()
+            .find(|w| w.starts_with("SSM: "))
+            .map(|w| format!("{}: {}", outputs::NOMAD_BOOTSTRAP_TOKEN, &w[5..]))
+            .unwrap_or_else(|| format!("no token in {}", outputs::NOMAD_BOOTSTRAP_TOKEN));
+        return Err(limited_token(c, &token, &t, &ours).await);
     }
     if why.is_empty() {
         why.push("no management token in SSM".into());
     }
     Ok(Err(why.join("; ")))
+}
+
+/// NOMAD_TOKEN is a valid token without ACL write (Nomad's ACL endpoints
+/// take a management token): the answer Nomad gives it for the first ACL
+/// read edgectl needs (listing the tokens), with the way out.
+async fn limited_token(c: &Client, token: &Secret, t: &Token, ours: &str) -> anyhow::Error {
+    let policies = if t.policies.is_empty() {
+        "no policies".to_string()
+    } else {
+        format!("policies: {}", t.policies.join(", "))
+    };
+    let user = User::new(
+        format!(
+            "NOMAD_TOKEN is a {} token ({policies}) without ACL write, and edgectl needs a management token",
+            t.r#type
+        ),
+        format!(
+            "managing Nomad's ACLs takes a management token ({ours}): run again with NOMAD_TOKEN set to \
+             the cluster's management (bootstrap) token; edgectl stores it in {} and later runs need no \
+             NOMAD_TOKEN",
+            outputs::NOMAD_BOOTSTRAP_TOKEN
+        ),
+    );
+    match c
+        .with_token(token)
+        .get::<serde_json::Value>("/v1/acl/tokens")
+        .await
+    {
+        Err(e) => e.context(user),
+        // Nomad lists tokens for management tokens only; should that ever
+        // change, the token is still no management token.
+        Ok(_) => anyhow::Error::new(user),
+    }
 }
 
 // ---- observed ------------------------------------------------------------
@@ -402,17 +456,21 @@ fn is_leaderless(e: &anyhow::Error) -> bool {
     api_error(e).is_some_and(|a| a.status == 500 && a.body.to_lowercase().contains("no cluster leader"))
 }
 
-/// `Ok(None)` when `token` is a valid management token here; else why not.
-async fn check_token(c: &Client, token: &Secret) -> Result<Option<String>> {
+/// What Nomad says of one token.
+enum TokenCheck {
+    Management,
+    /// Accepted (so the ACLs are bootstrapped), but no management token.
+    Limited(Token),
+    /// Unknown to Nomad (or no ACL token at all).
+    Refused,
+}
+
+/// Whether `token` is a valid management token here.
+async fn check_token(c: &Client, token: &Secret) -> Result<TokenCheck> {
     match c.with_token(token).get::<Token>("/v1/acl/token/self").await {
-        Ok(t) if t.r#type == "management" => Ok(None),
-        Ok(t) => Ok(Some(format!(
-            "the stored token is a {} token, not management",
-            t.r#type
-        ))),
-        Err(e) if is_status(&e, 403) || is_status(&e, 404) => {
-            Ok(Some("no management token that Nomad accepts".into()))
-        }
+        Ok(t) if t.r#type == "management" => Ok(TokenCheck::Management),
+        Ok(t) => Ok(TokenCheck::Limited(t)),
+        Err(e) if is_status(&e, 403) || is_status(&e, 404) => Ok(TokenCheck::Refused),
         Err(e) if api_error(&e).is_some_and(|a| a.body.contains("ACL support disabled")) => {
             Err(e.context(User::new(
                 format!("ACLs are disabled on Nomad at {}", c.addr),
@@ -1078,7 +1136,7 @@ async fn bootstrap(ctx: &Ctx, conn: &Client, o: &mut Observed) -> Result<Applied
     {
         Ok(_) => {}
         Err(e) if api_error(&e).is_some_and(|a| a.body.contains("already done")) => {
-            if check_token(conn, &secret).await?.is_some() {
+            if !matches!(check_token(conn, &secret).await?, TokenCheck::Management) {
                 let body = api_error(&e).map(|a| a.body.clone()).unwrap_or_default();
                 bail!(lost_token(conn, "the token in SSM is not accepted", Some(&body)));
             }

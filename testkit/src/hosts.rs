@@ -491,8 +491,34 @@ fn host_setup() -> anyhow::Result<()> {
         );
         run_stdin(Command::new("nft").args(["-f", "-"]), &rules)?;
     }
+    // The services address (see `services_ip`): on the loopback link, so
+    // it outlives any one host's veth (no dummy links in every kernel).
+    let addr = format!("{}/32", services_ip());
+    let shown = Command::new("ip")
+        .args(["-4", "addr", "show", "dev", SERVICES_LINK])
+        .output()
+        .context("running ip (apt-get install iproute2)")?;
+    if !String::from_utf8_lossy(&shown.stdout).contains(&format!("inet {addr} ")) {
+        run(Command::new("ip").args(["addr", "add", &addr, "dev", SERVICES_LINK]))?;
+    }
     *done = true;
     Ok(())
+}
+
+const SERVICES_LINK: &str = "lo";
+
+/// An address of this machine that every test host reaches through its
+/// default route, whichever hosts come and go: where tests put services
+/// the hosts use (a Nomad server, the Roles Anywhere simulator). Bind
+/// there after [`ensure_services_ip`].
+pub fn services_ip() -> Ipv4Addr {
+    Ipv4Addr::new(NET[0], NET[1], 0, 1)
+}
+
+/// Makes sure [`services_ip`] exists on this machine (idempotent, needs root).
+pub fn ensure_services_ip() -> anyhow::Result<Ipv4Addr> {
+    host_setup()?;
+    Ok(services_ip())
 }
 
 /// Removes the leftovers of dead processes: slots with a state file whose

@@ -115,6 +115,10 @@ pub struct NomadServer {
     /// Time from spawning the agent to its first view of a leader (set by
     /// `start`/`wait_leader`).
     pub start_to_leader: Option<Duration>,
+    /// The name the server certificate carries, when API clients must
+    /// check that name rather than the bind address (edgectl's own
+    /// certificates name `server.<region>.nomad`, 127.0.0.1 and localhost).
+    pub tls_name: Option<String>,
     agent: Agent,
 }
 
@@ -180,7 +184,14 @@ impl NomadServer {
             Some(p) => p,
             None => Ports::free(opts.bind)?,
         };
-        Self::spawn_issued(&bin, &tls.ca_pem, &tls.server, tls.cli, &tls.region, opts, ports).await
+        let loopback = opts.bind.is_loopback();
+        let mut server =
+            Self::spawn_issued(&bin, &tls.ca_pem, &tls.server, tls.cli, &tls.region, opts, ports).await?;
+        // Given certificates name the loopback address, not other binds.
+        if !loopback {
+            server.tls_name = Some(format!("server.{}.nomad", tls.region));
+        }
+        Ok(server)
     }
 
     async fn spawn_issued(
@@ -262,14 +273,23 @@ consul {{
             ca_pem: ca_pem.to_string(),
             cli,
             start_to_leader: None,
+            tls_name: None,
             agent,
         })
     }
 
     /// An mTLS API client (CLI certificate), without a token.
     pub fn api(&self) -> NomadHttp {
-        NomadHttp::new(&self.http_url, &self.ca_pem, Some(&self.cli))
-            .expect("the harness's own certificates make a valid TLS client")
+        match &self.tls_name {
+            Some(name) => NomadHttp::named(
+                name,
+                SocketAddr::new(self.bind, self.ports.http),
+                &self.ca_pem,
+                Some(&self.cli),
+            ),
+            None => NomadHttp::new(&self.http_url, &self.ca_pem, Some(&self.cli)),
+        }
+        .expect("the harness's own certificates make a valid TLS client")
     }
 
     /// `host:port` of Nomad's RPC listener, as `/v1/status/leader` names it.
@@ -453,6 +473,7 @@ impl NomadServer {
             ca_pem: files.ca_pem,
             cli: files.cli,
             start_to_leader: None,
+            tls_name: None,
             agent,
         })
     }
@@ -736,11 +757,35 @@ pub struct NomadHttp {
 
 impl NomadHttp {
     pub fn new(url: &str, ca_pem: &str, identity: Option<&Issued>) -> anyhow::Result<NomadHttp> {
+        Self::build(url, None, ca_pem, identity)
+    }
+
+    /// A client for `https://<name>:<port>` that connects to `addr`: the
+    /// certificate is checked against `name`.
+    pub fn named(
+        name: &str,
+        addr: SocketAddr,
+        ca_pem: &str,
+        identity: Option<&Issued>,
+    ) -> anyhow::Result<NomadHttp> {
+        let url = format!("https://{name}:{}", addr.port());
+        Self::build(&url, Some((name, addr)), ca_pem, identity)
+    }
+
+    fn build(
+        url: &str,
+        resolve: Option<(&str, SocketAddr)>,
+        ca_pem: &str,
+        identity: Option<&Issued>,
+    ) -> anyhow::Result<NomadHttp> {
         let ca = reqwest::Certificate::from_pem(ca_pem.as_bytes()).context("parsing the CA")?;
         let mut builder = reqwest::Client::builder()
             .tls_certs_only([ca])
             .timeout(Duration::from_secs(30))
             .connect_timeout(Duration::from_secs(5));
+        if let Some((name, addr)) = resolve {
+            builder = builder.resolve(name, addr);
+        }
         if let Some(id) = identity {
             let pem = format!("{}\n{}", id.cert_pem.trim_end(), id.key_pem);
             builder = builder

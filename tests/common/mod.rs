@@ -387,3 +387,4 @@ pub async fn leftovers(stand: &Stand, deployment: &str) -> Vec<String> {
     }
     left
 }
+pub mod devices;
