@@ -72,6 +72,112 @@ pub enum Command {
     /// Edge devices over SSH: make them mTLS Nomad clients, check them, retire them
     #[command(subcommand)]
     Device(DeviceCommand),
+    /// Nomad jobs from `jobs/<name>.nomad.hcl`: plan, run and follow the deployment, status, stop
+    #[command(subcommand)]
+    Job(JobCommand),
+}
+
+#[derive(Debug, Subcommand)]
+pub enum JobCommand {
+    /// Show what running the job would change (the server's dry run); changes nothing.
+    ///
+    /// The Nomad server parses the file (with the variables) and diffs it against
+    /// the registered job: `+` added, `-` deleted, `+/-` edited, with what the
+    /// scheduler would do per group. Ends with the `edgectl job run --check-index N`
+    /// that registers exactly this plan.
+    /// Reaches Nomad at NOMAD_ADDR, else the load balancer in SSM; token NOMAD_TOKEN,
+    /// else the CI token in SSM.
+    ///
+    /// Exit codes (as `nomad job plan`): 0 no changes, 1 changes, 255 error
+    /// (including invalid input).
+    Plan {
+        #[command(flatten)]
+        source: JobSource,
+    },
+    /// Register the job and follow it until its deployment is healthy.
+    ///
+    /// The Nomad server parses the file (HCL2, `variable "image"` defaults to
+    /// `<account>.dkr.ecr.<region>.amazonaws.com/iot-publish:<tag>`), then edgectl
+    /// follows the evaluation and the deployment (blocking queries), reporting an
+    /// auto-revert rollback. Records version, modify index, deployment and
+    /// submission time under /infrastructure/jobs/<job>/ in SSM (only what changed).
+    /// A placement failure stops the run at once (nomad would wait for the
+    /// deployment's progress deadline).
+    ///
+    /// Examples:
+    ///   edgectl job run iot-publish --tag v2
+    ///   edgectl job run --check-index 0 iot-publish
+    ///   edgectl job run jobs/heartbeat.nomad.hcl --var message=hi --detach
+    ///
+    /// Exit codes (as `nomad job run`): 0 deployed and healthy (or --detach),
+    /// 1 error, failed deployment, timeout or invalid input, 2 placement failure.
+    #[command(verbatim_doc_comment)]
+    Run {
+        #[command(flatten)]
+        source: JobSource,
+        /// Register only if the job's modify index is N (0: only if the job does not exist)
+        #[arg(long, value_name = "N")]
+        check_index: Option<u64>,
+        /// Register and exit without following the evaluation and deployment
+        #[arg(long)]
+        detach: bool,
+        /// Give up following after this long (e.g. 90s, 10m, 1h)
+        #[arg(long, default_value = "10m", value_parser = parse_duration, value_name = "DURATION")]
+        timeout: std::time::Duration,
+    },
+    /// The job's allocations (node, status, version) and its latest deployment.
+    ///
+    /// Exit codes: 0 success, 1 error (e.g. the job is not registered), 2 invalid input.
+    Status {
+        /// The job's ID in Nomad
+        name: String,
+    },
+    /// Stop the job (its allocations stop); with --purge Nomad also forgets it.
+    ///
+    /// Exit codes: 0 stopped, 1 error (e.g. the job is not registered), 2 invalid input.
+    Stop {
+        /// The job's ID in Nomad
+        name: String,
+        /// Remove the job from Nomad, not only stop it
+        #[arg(long)]
+        purge: bool,
+    },
+}
+
+#[derive(Debug, Args)]
+pub struct JobSource {
+    /// A job under --jobs-dir (`iot-publish` is `jobs/iot-publish.nomad.hcl`) or a path to an HCL file
+    pub name: String,
+    /// Set a variable the job declares (repeatable; wins over --var-file)
+    #[arg(long = "var", value_name = "NAME=VALUE")]
+    pub vars: Vec<String>,
+    /// HCL file of variable values (repeatable)
+    #[arg(long = "var-file", value_name = "FILE")]
+    pub var_files: Vec<PathBuf>,
+    /// Image tag for the default `image` variable
+    #[arg(long, default_value = "latest")]
+    pub tag: String,
+    /// Where job names are looked up
+    #[arg(long, default_value = "jobs", value_name = "DIR")]
+    pub jobs_dir: PathBuf,
+}
+
+/// `90`, `90s`, `10m`, `1h`, `500ms`.
+pub fn parse_duration(s: &str) -> Result<std::time::Duration, String> {
+    let s = s.trim();
+    let split = s.find(|c: char| !c.is_ascii_digit()).unwrap_or(s.len());
+    let (num, unit) = s.split_at(split);
+    let n: u64 = num
+        .parse()
+        .map_err(|_| format!("{s:?}: expected a duration such as 90s, 10m or 1h"))?;
+    let secs = |k: u64| std::time::Duration::from_secs(n.saturating_mul(k));
+    match unit {
+        "" | "s" => Ok(secs(1)),
+        "m" => Ok(secs(60)),
+        "h" => Ok(secs(3600)),
+        "ms" => Ok(std::time::Duration::from_millis(n)),
+        _ => Err(format!("{s:?}: unknown unit {unit:?} (use ms, s, m or h)")),
+    }
 }
 
 #[derive(Debug, Subcommand)]

@@ -7,6 +7,7 @@ mod cloud;
 mod config;
 mod device;
 mod error;
+mod job;
 mod nomad;
 mod nomad_env;
 mod output;
@@ -17,20 +18,33 @@ mod secret;
 
 use anyhow::Result;
 use clap::Parser;
-use cli::{Cli, CloudCommand, Command, DeviceCommand};
+use cli::{Cli, CloudCommand, Command, DeviceCommand, JobCommand};
 use error::{Exit, InvalidInput, User};
 use output::{Format, Printer, Tense};
 use std::io::{BufRead, IsTerminal, Write};
 use std::process::ExitCode;
 
 fn main() -> ExitCode {
-    let cli = Cli::parse();
+    let cli = match Cli::try_parse() {
+        Ok(cli) => cli,
+        // `job plan` exits 255 on bad usage too, as `nomad job plan` does;
+        // help and version are no errors.
+        Err(e) if e.use_stderr() && job::is_job_plan(std::env::args().skip(1)) => {
+            let _ = e.print();
+            return ExitCode::from(255);
+        }
+        Err(e) => e.exit(),
+    };
     let printer = Printer::new(cli.global.output, cli.global.verbose);
     init_tracing(cli.global.verbose);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
         .expect("a tokio runtime");
+    // `job` adopts nomad's exit codes whole, errors included.
+    if let Command::Job(cmd) = &cli.command {
+        return runtime.block_on(run_job(&cli, cmd, printer));
+    }
     match runtime.block_on(run(&cli, printer)) {
         Ok(code) => ExitCode::from(code as u8),
         Err(err) => {
@@ -61,6 +75,7 @@ async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
     match &cli.command {
         Command::Cloud(cmd) => run_cloud(cli, cmd, printer).await,
         Command::Device(cmd) => run_device(cli, cmd, printer).await,
+        Command::Job(_) => unreachable!("`job` is dispatched by main with nomad's exit codes"),
         Command::Env { token, client_cert } => {
             let ctx = context(cli, printer).await?;
             let settings = nomad_env::EnvSettings {
@@ -360,4 +375,83 @@ fn confirm_down(yes: bool, deployment: &str, n: usize) -> Result<bool> {
     let mut answer = String::new();
     std::io::stdin().lock().read_line(&mut answer)?;
     Ok(answer.trim() == deployment)
+}
+
+/// `edgectl job …`, with nomad's exit codes: `job plan` exits 255 on any
+/// error, `job run` 1 (2 is its placement failure); `status`/`stop` keep
+/// the general table (2 invalid input).
+async fn run_job(cli: &Cli, cmd: &JobCommand, printer: Printer) -> ExitCode {
+    match job_command(cli, cmd, printer).await {
+        Ok(code) => ExitCode::from(code),
+        Err(err) => {
+            let invalid = error::is_invalid_input(&err);
+            if !invalid && !error::is_user(&err) {
+                tracing::debug!("unexpected error: {err:?}");
+            }
+            printer.error(&format!("{err:#}"), &error::hints(&err));
+            ExitCode::from(match cmd {
+                JobCommand::Plan { .. } => 255,
+                JobCommand::Run { .. } => Exit::Failed as u8,
+                _ if invalid => Exit::Two as u8,
+                _ => Exit::Failed as u8,
+            })
+        }
+    }
+}
+
+fn job_source(s: &cli::JobSource) -> job::SourceSettings {
+    job::SourceSettings {
+        name: s.name.clone(),
+        jobs_dir: s.jobs_dir.clone(),
+        vars: s.vars.clone(),
+        var_files: s.var_files.clone(),
+        tag: s.tag.clone(),
+    }
+}
+
+async fn job_command(cli: &Cli, cmd: &JobCommand, printer: Printer) -> Result<u8> {
+    // A missing job file is found before any AWS call.
+    let source = match cmd {
+        JobCommand::Plan { source } | JobCommand::Run { source, .. } => {
+            let s = job_source(source);
+            job::locate(&s.name, &s.jobs_dir)?;
+            Some(s)
+        }
+        _ => None,
+    };
+    let ctx = context(cli, printer).await?;
+    match (cmd, source) {
+        (JobCommand::Plan { .. }, Some(s)) => {
+            let report = job::plan::plan(&ctx, &s).await?;
+            printer.job_plan(&report);
+            Ok(u8::from(report.changes))
+        }
+        (
+            JobCommand::Run {
+                check_index,
+                detach,
+                timeout,
+                ..
+            },
+            Some(s),
+        ) => {
+            let settings = job::run::RunSettings {
+                check_index: *check_index,
+                detach: *detach,
+                timeout: *timeout,
+            };
+            let report = job::run::run(&ctx, &s, &settings, &output::JobLines(printer)).await?;
+            printer.job_run(&report);
+            Ok(report.outcome.exit_code())
+        }
+        (JobCommand::Status { name }, _) => {
+            printer.job_status(&job::status::status(&ctx, name).await?);
+            Ok(0)
+        }
+        (JobCommand::Stop { name, purge }, _) => {
+            printer.job_stop(&job::status::stop(&ctx, name, *purge).await?);
+            Ok(0)
+        }
+        _ => unreachable!("plan and run carry their source"),
+    }
 }

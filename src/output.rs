@@ -276,6 +276,16 @@ impl Printer {
             let tense = if report.dry_run { Tense::Will } else { Tense::Did };
             s.push_str(&format!("{}:\n", h.host));
             for line in self.plan_text(&h.changes, tense).lines() {
+                // After a real run the addresses say enough; the fields
+                // (and diffs) are for the dry run that comes before it.
+                if !report.dry_run && line.starts_with("      ") {
+                    continue;
+                }
+                // The diff is shown as lines below its change, not again
+                // as one escaped field.
+                if line.starts_with("      diff: ") {
+                    continue;
+                }
                 s.push_str(&format!("{line}\n"));
                 if let Some(addr) = line.trim_start().split(' ').nth(1) {
                     if let Some(diff) = h.diffs.get(addr) {
@@ -374,6 +384,221 @@ fn table_text<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> Str
         s.push('\n');
     }
     s.trim_end().to_string()
+}
+
+/// Live lines of a `job run` on stderr (terminal only, as [`HostLines`]).
+pub struct JobLines(pub Printer);
+
+impl crate::job::Progress for JobLines {
+    fn line(&self, line: &str) {
+        if self.0.progress {
+            eprintln!("  {line}");
+        }
+    }
+}
+
+impl Printer {
+    /// `job run`: the result on stdout; what went wrong also on stderr.
+    pub fn job_run(&self, r: &crate::job::RunReport) {
+        use crate::job::run::Outcome;
+        if self.format == Format::Json {
+            return self.json("job run", r);
+        }
+        let mut lines = Vec::new();
+        let version = r.version.map(|v| format!(" version {v}")).unwrap_or_default();
+        let what = match r.outcome {
+            Outcome::Deployed => "deployed",
+            Outcome::Registered => "registered",
+            Outcome::PlacementFailed => "placement failed",
+            Outcome::DeploymentFailed => "deployment failed",
+            Outcome::TimedOut => "timed out",
+        };
+        lines.push(format!(
+            "Job `{}`{version}: {what}{} ({:.1}s)",
+            r.job,
+            if r.changed { "" } else { " (unchanged)" },
+            r.timings.total_ms as f64 / 1000.0
+        ));
+        lines.push(format!("  evaluation   {}", r.eval_id));
+        if let Some(d) = &r.deployment {
+            lines.push(format!(
+                "  deployment   {} {} (version {}): {}",
+                d.id,
+                d.status,
+                d.job_version,
+                d.health()
+            ));
+            if !d.description.is_empty() {
+                lines.push(format!("               {}", d.description));
+            }
+        }
+        for a in &r.failed_allocations {
+            lines.push(format!("  failed alloc {a}"));
+        }
+        if let Some(d) = &r.rollback {
+            lines.push(format!(
+                "  rollback     {} {} (version {}): {}",
+                d.id,
+                d.status,
+                d.job_version,
+                d.health()
+            ));
+        }
+        for f in &r.placement_failures {
+            lines.push(format!("  placement    {}", f.message));
+        }
+        for w in &r.warnings {
+            lines.push(format!("  warning      {w}"));
+        }
+        lines.push(format!(
+            "  outputs      {}",
+            if r.outputs_written.is_empty() {
+                "unchanged".to_string()
+            } else {
+                r.outputs_written.join(", ")
+            }
+        ));
+        self.out(&lines.join("\n"));
+        let (message, hint) = match r.outcome {
+            Outcome::PlacementFailed => (
+                format!(
+                    "job `{}`: placement failed: {}",
+                    r.job,
+                    r.placement_failures.iter().map(|f| f.message.as_str()).collect::<Vec<_>>().join("; ")
+                ),
+                "see which nodes have which drivers with `nomad node status -verbose`; the docker driver needs \
+                 `container_runtime: docker` in the inventory"
+                    .to_string(),
+            ),
+            Outcome::DeploymentFailed => (
+                format!(
+                    "job `{}`: deployment {}{}",
+                    r.job,
+                    r.deployment.as_ref().map(|d| format!("{} {}", d.id, d.status)).unwrap_or_default(),
+                    match &r.rollback {
+                        Some(rb) => format!(
+                            "; auto-revert rolled back as version {} (deployment {} {})",
+                            rb.job_version, rb.id, rb.status
+                        ),
+                        None => String::new(),
+                    }
+                ),
+                format!("see the allocations with `edgectl job status {}`", r.job),
+            ),
+            Outcome::TimedOut => (
+                format!(
+                    "job `{}`: timed out waiting for {}",
+                    r.job,
+                    r.waiting_for.as_deref().unwrap_or("Nomad")
+                ),
+                format!(
+                    "the job is registered; follow it with `edgectl job status {}`, or raise --timeout",
+                    r.job
+                ),
+            ),
+            Outcome::Deployed | Outcome::Registered => return,
+        };
+        self.error(&message, &[hint]);
+    }
+
+    /// `job plan`: the diff, the scheduler's verdict, the command to run next.
+    pub fn job_plan(&self, r: &crate::job::PlanReport) {
+        if self.format == Format::Json {
+            return self.json("job plan", r);
+        }
+        let mut lines = Vec::new();
+        match &r.diff {
+            Some(d) => lines.extend(crate::job::plan::diff_lines(d, &r.desired_tg_updates)),
+            None => lines.push(format!("  Job: {:?}", r.job)),
+        }
+        lines.push(String::new());
+        lines.push("Scheduler dry-run:".into());
+        if r.placement_failures.is_empty() {
+            lines.push("- All tasks successfully allocated.".into());
+        } else {
+            lines.push("- WARNING: Failed to place all allocations.".into());
+            for f in &r.placement_failures {
+                lines.push(format!("  {}", f.message));
+            }
+        }
+        for w in &r.warnings {
+            lines.push(format!("- warning: {w}"));
+        }
+        lines.push(String::new());
+        lines.push(format!("Job Modify Index: {}", r.job_modify_index));
+        lines.push(if r.changes {
+            "Changes: yes".to_string()
+        } else {
+            "Changes: none".to_string()
+        });
+        lines.push("To submit the job with version verification run:".into());
+        lines.push(String::new());
+        lines.push(r.next.clone());
+        self.out(&lines.join("\n"));
+    }
+
+    pub fn job_status(&self, r: &crate::job::StatusReport) {
+        if self.format == Format::Json {
+            return self.json("job status", r);
+        }
+        let mut out = format!(
+            "Job `{}` ({}): {}{}, version {}\n",
+            r.job,
+            r.r#type,
+            r.status,
+            if r.stopped { " (stopped)" } else { "" },
+            r.version
+        );
+        if let Some(d) = &r.deployment {
+            out.push_str(&format!(
+                "Latest deployment {} (version {}): {} - {}\n",
+                d.id,
+                d.job_version,
+                d.status,
+                d.health()
+            ));
+        }
+        out.push('\n');
+        if r.allocations.is_empty() {
+            out.push_str("No allocations.");
+        } else {
+            let rows: Vec<[String; 7]> = r
+                .allocations
+                .iter()
+                .map(|a| {
+                    [
+                        a.id.clone(),
+                        a.node.clone(),
+                        a.group.clone(),
+                        a.version.to_string(),
+                        a.desired.clone(),
+                        a.status.clone(),
+                        match a.healthy {
+                            Some(true) => "healthy".into(),
+                            Some(false) => a.why.clone().unwrap_or_else(|| "unhealthy".into()),
+                            None => a.why.clone().unwrap_or_else(|| "-".into()),
+                        },
+                    ]
+                })
+                .collect();
+            let header =
+                ["ALLOC", "NODE", "GROUP", "VERSION", "DESIRED", "STATUS", "HEALTH"].map(String::from);
+            out.push_str(&table_text(&header, &rows));
+        }
+        self.out(&out);
+    }
+
+    pub fn job_stop(&self, r: &crate::job::StopReport) {
+        if self.format == Format::Json {
+            return self.json("job stop", r);
+        }
+        self.out(&format!(
+            "Job `{}` {} (evaluation {})",
+            r.job,
+            if r.purged { "stopped and purged" } else { "stopped" },
+            if r.eval_id.is_empty() { "-" } else { &r.eval_id }
+        ));
+    }
 }
 
 #[cfg(test)]

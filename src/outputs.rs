@@ -39,6 +39,22 @@ pub fn device(name: &str, field: &str) -> String {
     format!("/infrastructure/devices/{name}/{field}")
 }
 
+/// A job's record after `edgectl job run`: `/infrastructure/jobs/<job>/<field>`,
+/// the fields being the `JOB_*` names below.
+pub fn job(name: &str, field: &str) -> String {
+    format!("/infrastructure/jobs/{name}/{field}")
+}
+
+/// The job's version (Nomad's `Version`) after the last `job run`.
+pub const JOB_VERSION: &str = "version";
+/// The job's `JobModifyIndex`: what `--check-index` compares.
+pub const JOB_MODIFY_INDEX: &str = "job_modify_index";
+pub const JOB_DEPLOYMENT_ID: &str = "deployment_id";
+/// `successful`, `failed`, `running` (a detached or timed-out run), …
+pub const JOB_DEPLOYMENT_STATUS: &str = "deployment_status";
+/// When Nomad took this version of the job (its `SubmitTime`, RFC 3339).
+pub const JOB_SUBMITTED_AT: &str = "submitted_at";
+
 /// SSM's Standard tier holds 4 KB; above that AWS demands Advanced (moto
 /// does not check, so we decide it ourselves).
 const STANDARD_TIER_LIMIT: usize = 4096;

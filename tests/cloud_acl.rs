@@ -6,7 +6,7 @@
 
 mod common;
 
-use common::{Run, Stand};
+use common::{ssm, Run, Stand};
 use serde_json::json;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 use std::time::{Duration, Instant};
@@ -25,18 +25,6 @@ const POLICY: &str = "/infrastructure/nomad/policies/submit-job";
 const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 /// A whole `cloud up` on a busy two-core machine, servers included.
 const UP_TIMEOUT: Duration = Duration::from_secs(300);
-
-async fn ssm(stand: &Stand, name: &str) -> Option<String> {
-    let client = aws_sdk_ssm::Client::new(&stand.sdk().await);
-    client
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.parameter?.value)
-}
 
 fn issued(cert: &str, key: &str, ca: &str) -> Issued {
     Issued {

@@ -16,7 +16,7 @@ mod common;
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, VolumeType};
 use aws_sdk_elasticloadbalancingv2::types::{LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum};
 use base64::Engine;
-use common::{Run, Stand};
+use common::{ssm, Run, Stand};
 use std::collections::BTreeSet;
 use std::net::{IpAddr, Ipv4Addr};
 use std::time::{Duration, Instant};
@@ -34,17 +34,6 @@ const CERTS: [&str; 5] = [
     "/infrastructure/certificates/nomad-cli-eu-west-1-Certificate",
     "/infrastructure/certificates/nomad-cli-eu-west-1-PrivateKey",
 ];
-
-async fn ssm(stand: &Stand, name: &str) -> Option<String> {
-    aws_sdk_ssm::Client::new(&stand.sdk().await)
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.parameter?.value)
-}
 
 /// Runs edgectl with the stand's environment plus `env`.
 fn command(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {

@@ -692,7 +692,7 @@ async fn issue_leaf(
 }
 
 /// An issued certificate, or None while the CA is still signing it.
-async fn fetch_issued(
+pub(crate) async fn fetch_issued(
     client: &aws_sdk_acmpca::Client,
     ca_arn: &str,
     cert_arn: &str,

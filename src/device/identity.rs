@@ -185,6 +185,7 @@ pub struct Issued {
 pub async fn issue(
     client: &aws_sdk_acmpca::Client,
     ca_arn: &str,
+    ca_chain: &str,
     device: &str,
     csr_pem: &str,
 ) -> Result<Issued> {
@@ -205,38 +206,22 @@ pub async fn issue(
         .op(|| format!("issuing the certificate of {device} from {ca_arn}"))?;
     let arn = out.certificate_arn.context("IssueCertificate returned no ARN")?;
     let deadline = Instant::now() + Duration::from_secs(60);
-    loop {
-        match client
-            .get_certificate()
-            .certificate_authority_arn(ca_arn)
-            .certificate_arn(&arn)
-            .send()
-            .await
-        {
-            Ok(got) => {
-                let cert = got
-                    .certificate
-                    .context("GetCertificate returned no certificate")?;
-                let f = pki::facts(&cert).with_context(|| format!("the certificate issued for {device}"))?;
-                let mut pem = cert.trim_end().to_string();
-                pem.push('\n');
-                if let Some(chain) = got.certificate_chain.filter(|c| !c.trim().is_empty()) {
-                    pem.push_str(chain.trim_end());
-                    pem.push('\n');
-                }
-                return Ok(Issued {
-                    arn,
-                    pem_with_chain: pem,
-                    serial_hex: f.serial_hex,
-                    not_after: f.not_after,
-                });
-            }
-            Err(e) if code(&e) == Some("RequestInProgressException") && Instant::now() < deadline => {
-                tokio::time::sleep(Duration::from_millis(500)).await;
-            }
-            Err(e) => return Err(e).op(|| format!("reading the certificate of {device} ({arn})")),
+    // The certificate and its chain: GetCertificate answers both; the
+    // shared fetch gives the certificate, the chain is the CA's own.
+    let cert = loop {
+        match crate::cloud::pca::fetch_issued(client, ca_arn, &arn).await? {
+            Some(cert) => break cert,
+            None if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(500)).await,
+            None => bail!("the CA did not issue the certificate of {device} ({arn}) within a minute"),
         }
-    }
+    };
+    let f = pki::facts(&cert).with_context(|| format!("the certificate issued for {device}"))?;
+    Ok(Issued {
+        arn,
+        pem_with_chain: format!("{}\n{}\n", cert.trim_end(), ca_chain.trim_end()),
+        serial_hex: f.serial_hex,
+        not_after: f.not_after,
+    })
 }
 
 /// Revokes a device certificate (deprovision). Already revoked counts as done.

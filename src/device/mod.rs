@@ -483,7 +483,12 @@ async fn provision_on(
     )?;
     let script = format!(
         "{}\necho '{EXTRA}'\n{}{}",
-        state::facts_script(&skeleton, &["openssl"], &[identity::CERT_PATH]),
+        // The configs edgectl renders are read too: a dry run diffs them.
+        state::facts_script(
+            &skeleton,
+            &["openssl"],
+            &[identity::CERT_PATH, node::CONFIG_FILE, node::UNIT_FILE]
+        ),
         identity::key_facts_script(),
         version_facts_script()
     );
@@ -580,7 +585,8 @@ async fn provision_on(
                 let (key, csr) = identity::csr_in_memory(&want)?;
                 (csr, Some(key))
             };
-            let got = identity::issue(&run.ctx.acmpca, &inputs.ca_arn, &host.name, &csr).await?;
+            let got =
+                identity::issue(&run.ctx.acmpca, &inputs.ca_arn, &shared.ca_pem, &host.name, &csr).await?;
             device_pem = got.pem_with_chain.clone();
             id_steps.push(state::Step {
                 address: format!("{}/identity:certificate", host.name),
@@ -637,45 +643,28 @@ async fn provision_on(
     for (i, st) in id_steps.into_iter().enumerate() {
         steps.insert(at + i, st);
     }
-    let mut diffs = BTreeMap::new();
     if run.p.dry_run {
-        for c in &changes {
-            if let Some(d) = c.fields.iter().find(|f| f.name == "diff") {
-                if let Value::Known(text) = &d.new {
-                    diffs.insert(c.address.clone(), text.clone());
-                }
-            }
-        }
-        return Ok(HostReport {
-            host: host.name.clone(),
-            result: if changes.is_empty() {
-                Outcome::Ok
-            } else {
-                Outcome::Changed
-            },
-            changes,
-            seconds: started.elapsed().as_secs_f64(),
-            round_trips: 0,
-            error: None,
-            diffs,
-        });
+        return Ok(host_report(&host.name, changes, started, true));
     }
 
-    // 4. Apply, in order; the first failing step stops this host.
-    for (i, step) in steps.iter().enumerate() {
+    // 4. Apply, in order; the first failing step stops this host. Steps
+    // without stdin run together in one exec (few round trips).
+    let batches = batch(&steps);
+    for (i, b) in batches.iter().enumerate() {
         progress.host(
             &host.name,
-            &format!("applying {}/{}: {}", i + 1, steps.len(), step.address),
+            &format!("applying {}/{}: {}", i + 1, batches.len(), b.addresses.join(", ")),
         );
-        let stdin = match &step.stdin {
+        let stdin = match b.stdin {
             None => None,
             Some(state::Payload::Bytes(b)) => Some(ssh::Stdin::Bytes(b)),
             Some(state::Payload::Secret(s)) => Some(ssh::Stdin::Bytes(s.expose().as_bytes())),
             Some(state::Payload::Local(p)) => Some(ssh::Stdin::File(p)),
         };
-        let out = session.run(&step.script, stdin).await?;
+        let out = session.run(&b.script, stdin).await?;
         if !out.ok() {
-            anyhow::bail!("{}: {} failed: {}", host.name, step.address, out.stderr_line());
+            let (address, message) = failed_step(b, &out);
+            anyhow::bail!("{}: {address} failed: {message}", host.name);
         }
     }
 
@@ -711,8 +700,25 @@ async fn provision_on(
             .write(&name, &now, Kind::Plain, inputs.device_params.contains_key(&name))
             .await?;
     }
-    Ok(HostReport {
-        host: host.name.clone(),
+    Ok(host_report(&host.name, changes, started, false))
+}
+
+/// The report of a host that succeeded. Text diffs move out of the change
+/// fields (where they would print as one escaped line) into `diffs`, kept
+/// for a dry run only.
+fn host_report(host: &str, mut changes: Vec<Change>, started: Instant, dry_run: bool) -> HostReport {
+    let mut diffs = BTreeMap::new();
+    for c in &mut changes {
+        if let Some(i) = c.fields.iter().position(|f| f.name == "diff") {
+            if let Value::Known(text) = c.fields.remove(i).new {
+                if dry_run {
+                    diffs.insert(c.address.clone(), text);
+                }
+            }
+        }
+    }
+    HostReport {
+        host: host.into(),
         result: if changes.is_empty() {
             Outcome::Ok
         } else {
@@ -723,7 +729,65 @@ async fn provision_on(
         round_trips: 0,
         error: None,
         diffs,
-    })
+    }
+}
+
+/// One exec: a step with stdin alone, or a run of steps without stdin.
+struct Batch<'a> {
+    addresses: Vec<String>,
+    script: String,
+    stdin: Option<&'a state::Payload>,
+}
+
+/// Marks, on stderr, which step of a batch failed.
+const FAILED_MARK: &str = "edgectl-step-failed";
+
+fn batch(steps: &[state::Step]) -> Vec<Batch<'_>> {
+    let mut out: Vec<Batch> = Vec::new();
+    for st in steps {
+        match (&st.stdin, out.last_mut()) {
+            (None, Some(b)) if b.stdin.is_none() => {
+                b.addresses.push(st.address.clone());
+                b.script.push_str(&guarded(st));
+            }
+            (None, _) => out.push(Batch {
+                addresses: vec![st.address.clone()],
+                script: guarded(st),
+                stdin: None,
+            }),
+            (Some(p), _) => out.push(Batch {
+                addresses: vec![st.address.clone()],
+                script: st.script.clone(),
+                stdin: Some(p),
+            }),
+        }
+    }
+    out
+}
+
+/// A step in its own shell (its `set -e` holds; inside `( ) ||` it would
+/// not), stopping the batch when it fails.
+fn guarded(st: &state::Step) -> String {
+    format!(
+        "sh -c {} || {{ printf '%s\\t%s\\n' {FAILED_MARK} {} >&2; exit 1; }}\n",
+        state::sh_quote(&st.script),
+        state::sh_quote(&st.address)
+    )
+}
+
+/// Which step of a failed batch failed, and its last message.
+fn failed_step(b: &Batch, out: &ssh::Output) -> (String, String) {
+    let text = String::from_utf8_lossy(&out.stderr);
+    let lines: Vec<&str> = text.lines().map(str::trim).filter(|l| !l.is_empty()).collect();
+    match lines.iter().position(|l| l.starts_with(FAILED_MARK)) {
+        Some(i) => (
+            lines[i].split('\t').nth(1).unwrap_or_default().to_string(),
+            lines[..i]
+                .last()
+                .map_or_else(|| format!("exit status {}", out.status), |l| l.to_string()),
+        ),
+        None => (b.addresses.join(", "), out.stderr_line()),
+    }
 }
 
 /// A release download is skipped when the installed binary already prints
@@ -748,4 +812,80 @@ fn keep_installed(
         };
     }
     bin
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn step(address: &str, script: &str, stdin: bool) -> state::Step {
+        state::Step {
+            address: address.into(),
+            script: script.into(),
+            stdin: stdin.then(|| state::Payload::Bytes(b"x".to_vec())),
+        }
+    }
+
+    #[test]
+    fn steps_without_stdin_share_an_exec() {
+        let steps = [
+            step("h/group:nomad", "groupadd nomad", false),
+            step("h/user:nomad", "useradd nomad", false),
+            step("h/file:/a", "cat > /a", true),
+            step("h/file:/b", "cat > /b", true),
+            step("h/unit:nomad.service", "systemctl enable nomad", false),
+        ];
+        let b = batch(&steps);
+        let addrs: Vec<Vec<String>> = b.iter().map(|b| b.addresses.clone()).collect();
+        assert_eq!(
+            addrs,
+            [
+                vec!["h/group:nomad".to_string(), "h/user:nomad".into()],
+                vec!["h/file:/a".into()],
+                vec!["h/file:/b".into()],
+                vec!["h/unit:nomad.service".into()],
+            ]
+        );
+        assert!(
+            b[0].script.contains("sh -c 'groupadd nomad' ||"),
+            "{}",
+            b[0].script
+        );
+        assert_eq!(b[1].script, "cat > /a");
+    }
+
+    #[test]
+    fn a_failed_batch_names_its_step_and_message() {
+        let steps = [step("h/group:g", "true", false), step("h/user:u", "false", false)];
+        let b = batch(&steps);
+        let out = ssh::Output {
+            status: 1,
+            stdout: vec![],
+            stderr: b"useradd: group 'x' does not exist\nedgectl-step-failed\th/user:u\n".to_vec(),
+        };
+        assert_eq!(
+            failed_step(&b[0], &out),
+            (
+                "h/user:u".to_string(),
+                "useradd: group 'x' does not exist".to_string()
+            )
+        );
+    }
+
+    #[test]
+    fn a_batch_really_stops_at_its_failing_step() {
+        let steps = [
+            step("h/a", "set -e\nfalse\necho not-reached", false),
+            step("h/b", "echo not-run", false),
+        ];
+        let script = &batch(&steps)[0].script;
+        let out = std::process::Command::new("sh")
+            .arg("-c")
+            .arg(script)
+            .output()
+            .unwrap();
+        assert!(!out.status.success());
+        assert_eq!(String::from_utf8_lossy(&out.stdout), "");
+        assert!(String::from_utf8_lossy(&out.stderr).contains("edgectl-step-failed\th/a"));
+    }
 }

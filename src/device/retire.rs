@@ -42,7 +42,9 @@ fn device_script() -> String {
          removed=0\nfor f in {files}; do\n  if [ -e \"$f\" ]; then rm -f \"$f\"; removed=$((removed+1)); fi\ndone\n\
          if [ -d /opt/nomad ]; then\n  grep -o ' /opt/nomad/[^ ]*' /proc/mounts | sort -r | while read -r m; do umount -l \"$m\" || true; done\n  \
          rm -rf /opt/nomad; removed=$((removed+1))\nfi\n\
-         rm -rf /var/lib/edgectl\nsystemctl daemon-reload\nsync\necho \"removed $removed\"\n",
+         rm -rf /var/lib/edgectl\nsystemctl daemon-reload\n\
+         # Stopped by SIGTERM, nomad exits 1: leave no `failed` unit behind.\n\
+         systemctl reset-failed {name} >/dev/null 2>&1 || true\nsync\necho \"removed $removed\"\n",
         unit = node::UNIT_FILE,
         name = node::UNIT_NAME,
         files = files.join(" "),

@@ -513,7 +513,14 @@ impl Session {
         let Ok(channel) = channel else {
             return Ok(None);
         };
-        let channel = channel.context("opening an SSH session channel")?;
+        // russh reports a connection that is gone as "Channel send error".
+        let channel = channel.map_err(|e| {
+            if self.handle.is_closed() {
+                anyhow!("the connection closed before the command started")
+            } else {
+                anyhow::Error::new(e).context("opening an SSH session channel")
+            }
+        })?;
         let (mut rd, wr) = channel.split();
         let io = async {
             wr.exec(true, command).await.context("sending the exec request")?;

@@ -117,6 +117,9 @@ pub struct Facts {
     /// Contents of small public files the caller asked for (the device
     /// certificate), by path; absent when the file does not exist.
     pub reads: Vec<(String, String)>,
+    /// Units whose files an earlier run changed without restarting them
+    /// (it was cut off in between): markers in [`PENDING_DIR`].
+    pub pending_restarts: Vec<String>,
 }
 
 #[derive(Debug, Clone, PartialEq, Eq)]
@@ -181,6 +184,10 @@ const UNIT_DIRS: &[&str] = &[
 
 /// Suffix of the temp file an atomic write leaves beside its target.
 const TMP_SUFFIX: &str = ".edgectl-tmp";
+/// A file here, named after a unit, says that a file the unit reads was
+/// changed and the unit not restarted yet: made before the change, removed
+/// by the restart, so a run cut off in between still restarts it later.
+pub const PENDING_DIR: &str = "/var/lib/edgectl/restart-pending";
 /// Suffix of the temp directory a download uses beside its target.
 const DL_SUFFIX: &str = ".edgectl-dl";
 
@@ -461,6 +468,9 @@ pub fn facts_script(spec: &HostSpec, commands: &[&str], reads: &[&str]) -> Strin
     for r in dedup(reads.iter().copied()) {
         s += &format!("rd {}\n", q(r));
     }
+    s += &format!(
+        "for f in {PENDING_DIR}/*; do [ -f \"$f\" ] && printf 'pending\\t%s\\n' \"${{f##*/}}\"; done\n"
+    );
     s += "printf 'end\\n'\n";
     s
 }
@@ -672,6 +682,7 @@ pub fn parse_facts(out: &str) -> anyhow::Result<Facts> {
                     .push((p.to_string(), String::from_utf8_lossy(&bytes).into_owned()));
             }
             ["read", _, "0"] => {}
+            ["pending", unit] => facts.pending_restarts.push(unit.to_string()),
             _ => return Err(bad()),
         }
     }
@@ -728,6 +739,7 @@ pub fn plan_host(host: &str, spec: &HostSpec, facts: &Facts) -> HostPlan {
     let mut p = Planner {
         host,
         plan: HostPlan::default(),
+        pending: facts.pending_restarts.clone(),
     };
     p.packages(spec, facts);
     p.groups(spec, facts);
@@ -749,6 +761,8 @@ pub fn changed_count(plan: &HostPlan) -> usize {
 struct Planner<'a> {
     host: &'a str,
     plan: HostPlan,
+    /// Units with a restart left pending by an earlier run.
+    pending: Vec<String>,
 }
 
 /// Files whose content changes, by the handler they notify (in order of
@@ -1020,6 +1034,15 @@ esac
                 let old = exists.then(|| Value::known(mode_str(fact.mode)));
                 c = c.field("mode", old, Value::known(mode_str(f.mode)));
             }
+            let mut script = script;
+            for h in &f.notify {
+                if let Handler::Restart(u) = h {
+                    script = format!(
+                        "mkdir -p -- {PENDING_DIR} && : > {} || exit 1\n{script}",
+                        sh_quote(&format!("{PENDING_DIR}/{u}"))
+                    );
+                }
+            }
             self.push(c, script, stdin);
             let mut reload = is_unit_file(&f.path);
             for h in &f.notify {
@@ -1067,6 +1090,7 @@ esac
                 reasons.push("not active");
                 fields.push(("active", "false", "true"));
                 script += &format!("systemctl start -- {q}\n");
+                script += &format!("rm -f -- {}\n", sh_quote(&format!("{PENDING_DIR}/{}", u.name)));
                 started.push(u.name.clone());
             }
             let action = if enabled || active {
@@ -1098,7 +1122,25 @@ esac
             self.plan.steps.insert(reload_at, step);
             self.plan.changes.push(c);
         }
-        for (unit, paths) in &n.restarts {
+        let mut restarts: Vec<(String, String)> = n
+            .restarts
+            .iter()
+            .map(|(u, paths)| (u.clone(), changed_reason(paths)))
+            .collect();
+        for u in &self.pending {
+            let known = spec.units.iter().any(|w| w.name == *u)
+                || spec
+                    .files
+                    .iter()
+                    .any(|f| f.notify.contains(&Handler::Restart(u.clone())));
+            if known && !restarts.iter().any(|(r, _)| r == u) {
+                restarts.push((
+                    u.clone(),
+                    "an earlier run changed its files and was cut off before restarting it".into(),
+                ));
+            }
+        }
+        for (unit, reason) in &restarts {
             // Started for the first time by this plan: it reads the new files.
             if started_now.contains(unit) {
                 continue;
@@ -1113,9 +1155,13 @@ esac
             let c = Change::new(
                 self.addr("handler", &format!("restart {unit}")),
                 Action::Update,
-                changed_reason(paths),
+                reason.clone(),
             );
-            let script = format!("set -eu\n{NEEDS_SYSTEMD}systemctl {verb} -- {}\n", sh_quote(unit));
+            let script = format!(
+                "set -eu\n{NEEDS_SYSTEMD}systemctl {verb} -- {}\nrm -f -- {}\n",
+                sh_quote(unit),
+                sh_quote(&format!("{PENDING_DIR}/{unit}"))
+            );
             self.push(c, script, None);
         }
     }
@@ -1558,6 +1604,7 @@ mod tests {
                 .map(|u| (u.name.clone(), u.enabled, u.started))
                 .collect(),
             reads: vec![],
+            pending_restarts: vec![],
         }
     }
 
@@ -1863,6 +1910,37 @@ mod tests {
         assert!(plan.steps[3].script.contains("systemctl enable -- demo.service"));
         assert!(!plan.steps[3].script.contains("systemctl start"));
         assert!(plan.steps[4].script.contains("systemctl restart -- demo.service"));
+    }
+
+    #[test]
+    fn a_restart_left_pending_by_a_cut_off_run_is_done_later() {
+        let sp = spec();
+        // A change that notifies: the marker is made before the file moves
+        // in, and the restart removes it.
+        let mut facts = converged(&sp);
+        path(&mut facts, CONF).sha256 = Some(s(OTHER_SHA));
+        let plan = plan_host("h", &sp, &facts);
+        let marker = format!("{PENDING_DIR}/demo.service");
+        let write = &plan.steps[0].script;
+        assert!(
+            write.find(&marker).unwrap() < write.find("mv -f").unwrap(),
+            "{write}"
+        );
+        let restart = &plan.steps.last().unwrap().script;
+        assert!(restart.contains(&format!("rm -f -- {marker}")), "{restart}");
+        // The files are right but the marker is there: restart only.
+        let mut facts = converged(&sp);
+        facts.pending_restarts = vec![s("demo.service"), s("unknown.service")];
+        let plan = plan_host("h", &sp, &facts);
+        assert_eq!(addrs(&plan), ["h/handler:restart demo.service"]);
+        assert!(
+            plan.changes[0].reason.contains("cut off"),
+            "{}",
+            plan.changes[0].reason
+        );
+        // Parsed from the facts.
+        let f = parse_facts("edgectl-facts\t1\npending\tdemo.service\nend\n").unwrap();
+        assert_eq!(f.pending_restarts, [s("demo.service")]);
     }
 
     #[test]
@@ -2236,6 +2314,7 @@ mod tests {
             ],
             units: vec![(s("demo.service"), true, true), (s("x.service"), false, false)],
             reads: vec![(s("/etc/c.pem"), s("hello\n")), (s("/etc/e"), s(""))],
+            pending_restarts: vec![],
         };
         assert_eq!(f, want);
     }

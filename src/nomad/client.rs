@@ -277,7 +277,50 @@ impl Client {
         self.call(Method::DELETE, path, None).await.map(|_| ())
     }
 
+    /// A read and its `X-Nomad-Index` (0 when absent).
+    pub async fn get_indexed<T: DeserializeOwned>(&self, path: &str) -> Result<(T, u64)> {
+        let (text, index) = self.call_meta(Method::GET, path, None, None).await?;
+        Ok((decode(&Method::GET, &self.addr, path, &text)?, index))
+    }
+
+    /// A blocking query: GET `path` with `index=` and `wait=`, which Nomad
+    /// answers once its data moved past `index` or `wait` passed (plus up
+    /// to wait/16 of jitter). The answer and its `X-Nomad-Index`, to pass
+    /// as the next `index`.
+    pub async fn get_blocking<T: DeserializeOwned>(
+        &self,
+        path: &str,
+        index: u64,
+        wait: Duration,
+    ) -> Result<(T, u64)> {
+        let sep = if path.contains('?') { '&' } else { '?' };
+        let full = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis().max(1));
+        // Longer than Nomad's own wait, so the server answers first.
+        let timeout = wait + wait / 16 + TIMEOUT;
+        let (text, got) = self.call_meta(Method::GET, &full, None, Some(timeout)).await?;
+        Ok((decode(&Method::GET, &self.addr, path, &text)?, got))
+    }
+
+    /// A DELETE whose answer is JSON (e.g. the evaluation of a job stop).
+    pub async fn delete_json<T: DeserializeOwned>(&self, path: &str) -> Result<T> {
+        let text = self.call(Method::DELETE, path, None).await?;
+        decode(&Method::DELETE, &self.addr, path, &text)
+    }
+
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<String> {
+        self.call_meta(method, path, body, None)
+            .await
+            .map(|(text, _)| text)
+    }
+
+    /// One request; the body and the `X-Nomad-Index` header (0 when absent).
+    async fn call_meta(
+        &self,
+        method: Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        timeout: Option<Duration>,
+    ) -> Result<(String, u64)> {
         let what = || format!("{method} {}{path}", self.addr);
         let mut url = self.base.clone();
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
@@ -290,12 +333,21 @@ impl Client {
         if let Some(b) = body {
             req = req.header("Content-Type", "application/json").body(b);
         }
+        if let Some(t) = timeout {
+            req = req.timeout(t);
+        }
         tracing::debug!("{method} {}{path}", self.addr);
         let resp = match req.send().await {
             Ok(r) => r,
             Err(e) => return Err(self.transport_error(e)).with_context(what),
         };
         let status = resp.status().as_u16();
+        let index = resp
+            .headers()
+            .get("X-Nomad-Index")
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse().ok())
+            .unwrap_or(0);
         let text = resp
             .text()
             .await
@@ -303,7 +355,7 @@ impl Client {
         if !(200..300).contains(&status) {
             return Err(ApiError { status, body: text }).with_context(what);
         }
-        Ok(text)
+        Ok((text, index))
     }
 
     /// Sorts a failed request into TLS trouble (a user error with a hint),

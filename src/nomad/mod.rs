@@ -3,5 +3,6 @@
 
 pub mod acl;
 pub mod client;
+pub mod jobs;
 
 pub use client::NomadSettings;

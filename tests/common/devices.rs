@@ -4,6 +4,7 @@
 //! reaches, real Debian hosts with systemd and sshd, and an Ansible
 //! inventory naming them.
 
+pub use super::ssm;
 use super::{Run, Stand, FOUNDATION};
 use std::net::{IpAddr, SocketAddr};
 use std::path::PathBuf;
@@ -34,18 +35,6 @@ pub struct Fleet {
     cli: Issued,
 }
 
-pub async fn ssm(stand: &Stand, name: &str) -> Option<String> {
-    let client = aws_sdk_ssm::Client::new(&stand.sdk().await);
-    client
-        .get_parameter()
-        .name(name)
-        .with_decryption(true)
-        .send()
-        .await
-        .ok()
-        .and_then(|o| o.parameter?.value)
-}
-
 fn issued(cert: String, key: String, ca: &str) -> Issued {
     Issued {
         cert_pem: cert,
@@ -71,7 +60,10 @@ impl Fleet {
     }
 
     pub async fn start_with(n: usize, prefix: &str, opts: HostOptions) -> Fleet {
-        let stand = Stand::start().await;
+        // The simulator where the hosts reach it: their credential_process
+        // calls CreateSession there.
+        let ip = testkit::hosts::ensure_services_ip().expect("the services address");
+        let stand = Stand::start_at(ip.into()).await;
         let boot = TestHost::boot_many(n, prefix, opts);
         let up = stand.edgectl(&["cloud", "up", FOUNDATION]);
         let (hosts, up) = tokio::join!(boot, up);
@@ -86,7 +78,6 @@ impl Fleet {
             );
         }
         let [ca, cert, key, cli_cert, cli_key]: [String; 5] = pems.try_into().unwrap();
-        let ip = testkit::hosts::ensure_services_ip().expect("the services address");
         let cli = issued(cli_cert, cli_key, &ca);
         let cli_copy = issued(cli.cert_pem.clone(), cli.key_pem.clone(), &ca);
         let mut server = NomadServer::spawn_with_tls(
@@ -276,5 +267,35 @@ impl Fleet {
 
     pub async fn stop(self) {
         testkit::hosts::stop_all(self.hosts).await;
+    }
+}
+
+impl Fleet {
+    /// `edgectl ARGS` (any subcommand, e.g. `job run heartbeat`) against
+    /// the stand-in and the test server, with the same NOMAD_* as
+    /// [`Fleet::device_env`] (management token); `env` overrides, and an
+    /// empty value counts as unset for edgectl. Runs in the crate root, so
+    /// `jobs/` is the repository's.
+    pub async fn edgectl_env(&self, args: &[&str], env: &[(&str, &str)]) -> Run {
+        let ca = self.dir.path().join("ca.pem");
+        let cert = self.dir.path().join("cli.pem");
+        let key = self.dir.path().join("cli-key.pem");
+        std::fs::write(&ca, &self.ca_pem).unwrap();
+        std::fs::write(&cert, &self.cli.cert_pem).unwrap();
+        std::fs::write(&key, &self.cli.key_pem).unwrap();
+        let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgectl"));
+        cmd.arg("--config").arg(self.stand.config_path()).args(args);
+        self.stand.env(&mut cmd);
+        cmd.current_dir(env!("CARGO_MANIFEST_DIR"))
+            .env("NOMAD_ADDR", &self.server.http_url)
+            .env("NOMAD_CACERT", &ca)
+            .env("NOMAD_CLIENT_CERT", &cert)
+            .env("NOMAD_CLIENT_KEY", &key)
+            .env("NOMAD_TOKEN", &self.token)
+            .env("NOMAD_TLS_SERVER_NAME", format!("server.{REGION}.nomad"));
+        for (k, v) in env {
+            cmd.env(k, v);
+        }
+        Run(cmd.output().await.expect("edgectl runs"))
     }
 }

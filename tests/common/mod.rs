@@ -21,6 +21,19 @@ pub const GOOD_CONFIG: &str = r#"{
 /// The foundation's components alone: tests of them need no Nomad.
 pub const FOUNDATION: &str = "--only=pca,roles-anywhere";
 
+/// A parameter's (decrypted) value as the stand's SSM has it.
+pub async fn ssm(stand: &Stand, name: &str) -> Option<String> {
+    let client = aws_sdk_ssm::Client::new(&stand.sdk().await);
+    client
+        .get_parameter()
+        .name(name)
+        .with_decryption(true)
+        .send()
+        .await
+        .ok()
+        .and_then(|o| o.parameter?.value)
+}
+
 pub struct Stand {
     pub moto: Moto,
     pub sim: rolesanywhere_sim::SimHandle,
@@ -29,8 +42,14 @@ pub struct Stand {
 
 impl Stand {
     pub async fn start() -> Stand {
+        Self::start_at("127.0.0.1".parse().unwrap()).await
+    }
+
+    /// The simulator (the AWS endpoint edgectl uses) listening on `ip`,
+    /// e.g. where test hosts reach it too.
+    pub async fn start_at(ip: std::net::IpAddr) -> Stand {
         let moto = Moto::start().await.expect("moto starts");
-        let sim = rolesanywhere_sim::start("127.0.0.1:0".parse().unwrap(), moto.url.clone())
+        let sim = rolesanywhere_sim::start(std::net::SocketAddr::new(ip, 0), moto.url.clone())
             .await
             .expect("the Roles Anywhere simulator starts");
         let dir = tempfile::tempdir().unwrap();
