@@ -59,7 +59,14 @@ pub enum Command {
     /// `${XDG_CONFIG_HOME:-~/.config}/edgectl/<deployment>/ca.pem`, and prints
     /// `export NOMAD_ADDR=… NOMAD_CACERT=… NOMAD_TLS_SERVER_NAME=…`. With `--token`,
     /// also NOMAD_TOKEN (needs permission to read that SecureString).
+    ///
+    /// Examples:
+    ///   eval "$(edgectl env)"
+    ///   eval "$(edgectl env --token ci)"
+    ///   edgectl env --client-cert --output json
+    ///
     /// Exit codes: 0 success, 1 error (e.g. the control plane is not up), 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Env {
         /// Also export NOMAD_TOKEN: the CI token (submit-job) or the management token
         #[arg(long, value_enum)]
@@ -75,6 +82,121 @@ pub enum Command {
     /// Nomad jobs from `jobs/<name>.nomad.hcl`: plan, run and follow the deployment, status, stop
     #[command(subcommand)]
     Job(JobCommand),
+    /// Container images for the devices: build with docker buildx and push to ECR
+    #[command(subcommand)]
+    Image(ImageCommand),
+    /// Print a shell completion script to stdout.
+    ///
+    /// Reads and changes nothing.
+    ///
+    /// Examples:
+    ///   edgectl completions bash > ~/.local/share/bash-completion/completions/edgectl
+    ///   edgectl completions zsh > "${fpath[1]}/_edgectl"
+    ///   edgectl completions fish > ~/.config/fish/completions/edgectl.fish
+    ///
+    /// Exit codes: 0 success, 2 invalid input (an unknown shell).
+    #[command(verbatim_doc_comment)]
+    Completions {
+        /// The shell to complete for
+        shell: clap_complete::Shell,
+    },
+    /// Print the manual page (roff) to stdout, or write one page per subcommand.
+    ///
+    /// Without --out-dir, the page of `edgectl` itself goes to stdout. With it,
+    /// edgectl.1, edgectl-cloud.1, edgectl-cloud-up.1, ... are written into DIR
+    /// (created if missing). Reads nothing else.
+    ///
+    /// Examples:
+    ///   edgectl man | man -l -
+    ///   edgectl man --out-dir /usr/local/share/man/man1
+    ///
+    /// Exit codes: 0 success, 1 error (DIR not writable), 2 invalid input.
+    #[command(verbatim_doc_comment)]
+    Man {
+        /// Write edgectl.1 and one page per subcommand into this directory
+        #[arg(long, value_name = "DIR")]
+        out_dir: Option<PathBuf>,
+    },
+    /// Check that this machine can run edgectl: AWS, SSM outputs, Nomad, clock, SSH.
+    ///
+    /// One line per check, and a hint for each failure:
+    ///   region             a region is configured (--region, AWS_REGION, the profile)
+    ///   aws credentials    STS GetCallerIdentity answers
+    ///   deployment config  deployment.json (--config) reads and validates
+    ///   outputs            the SSM outputs of `cloud up`: PCA ARN, CA chain,
+    ///                      trust anchor, profile, role, Nomad endpoint, CI token
+    ///   nomad              /v1/status/leader names a leader, over TLS with the CA
+    ///                      (NOMAD_* variables when set, else the SSM outputs)
+    ///   clock              local time against AWS's Date header; more than 60s off
+    ///                      fails (Roles Anywhere refuses signatures beyond 5 minutes)
+    ///   ssh <host>         when the inventory exists: each device accepts an SSH
+    ///                      connection, host key checked against known_hosts
+    /// Reads only; changes nothing (SSH connects and disconnects).
+    ///
+    /// Examples:
+    ///   edgectl doctor
+    ///   edgectl doctor -i inventory/lab.yml --known-hosts ./known_hosts
+    ///   edgectl doctor --output json | jq '.checks[] | select(.ok == false)'
+    ///
+    /// Exit codes: 0 every check passed, 1 some failed, 2 invalid input.
+    #[command(verbatim_doc_comment)]
+    Doctor {
+        /// The inventory (Ansible YAML); its devices are checked only when it exists
+        #[arg(
+            long,
+            short = 'i',
+            default_value = "inventory/inventory.yml",
+            value_name = "FILE"
+        )]
+        inventory: PathBuf,
+        /// known_hosts file (default ~/.ssh/known_hosts)
+        #[arg(long, value_name = "FILE")]
+        known_hosts: Option<PathBuf>,
+        /// Seconds to wait for a device to answer
+        #[arg(long, default_value_t = 10, value_name = "SECS")]
+        connect_timeout: u64,
+    },
+}
+
+#[derive(Debug, Subcommand)]
+pub enum ImageCommand {
+    /// Build the image for the devices and push it to its ECR repository.
+    ///
+    /// Needs docker with the buildx plugin on this machine (EDGECTL_DOCKER names
+    /// another docker binary). Reads the repository URI from SSM
+    /// (/infrastructure/ecr/<NAME>/uri, written by `edgectl cloud up --only registry`),
+    /// gets a login token from ECR (GetAuthorizationToken), runs
+    /// `docker login --username AWS --password-stdin <registry>` (the password goes
+    /// to docker's stdin only), then
+    /// `docker buildx build --platform <PLATFORM> -t <uri>:<TAG> --push <CONTEXT>`.
+    /// Docker's output streams to stderr. Changes nothing in AWS besides the pushed
+    /// image (and docker's stored login).
+    ///
+    /// Examples:
+    ///   edgectl image publish iot-publish
+    ///   edgectl image publish iot-publish --tag v2 --dry-run
+    ///
+    /// Exit codes: 0 pushed (or --dry-run), 1 error (docker or buildx missing, no
+    /// repository in SSM, login or build failed: the message ends with docker's
+    /// last line), 2 invalid input.
+    #[command(verbatim_doc_comment)]
+    Publish {
+        /// The image: its repository output in SSM and its default build context
+        name: String,
+        /// Image tag to push
+        #[arg(long, default_value = "latest")]
+        tag: String,
+        /// Target platform(s) for buildx
+        #[arg(long, default_value = "linux/arm64")]
+        platform: String,
+        /// Build context (a directory with a Dockerfile); default jobs/NAME
+        #[arg(long, value_name = "DIR")]
+        context: Option<PathBuf>,
+        /// Check docker and the repository, print the docker commands (password
+        /// masked); log in, build and push nothing
+        #[arg(long)]
+        dry_run: bool,
+    },
 }
 
 #[derive(Debug, Subcommand)]
@@ -88,8 +210,13 @@ pub enum JobCommand {
     /// Reaches Nomad at NOMAD_ADDR, else the load balancer in SSM; token NOMAD_TOKEN,
     /// else the CI token in SSM.
     ///
+    /// Examples:
+    ///   edgectl job plan iot-publish --tag v2
+    ///   edgectl job plan jobs/heartbeat.nomad.hcl --var message=hi
+    ///
     /// Exit codes (as `nomad job plan`): 0 no changes, 1 changes, 255 error
     /// (including invalid input).
+    #[command(verbatim_doc_comment)]
     Plan {
         #[command(flatten)]
         source: JobSource,
@@ -127,14 +254,24 @@ pub enum JobCommand {
     },
     /// The job's allocations (node, status, version) and its latest deployment.
     ///
+    /// Examples:
+    ///   edgectl job status iot-publish
+    ///   edgectl job status iot-publish --output json
+    ///
     /// Exit codes: 0 success, 1 error (e.g. the job is not registered), 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Status {
         /// The job's ID in Nomad
         name: String,
     },
     /// Stop the job (its allocations stop); with --purge Nomad also forgets it.
     ///
+    /// Examples:
+    ///   edgectl job stop iot-publish
+    ///   edgectl job stop heartbeat --purge
+    ///
     /// Exit codes: 0 stopped, 1 error (e.g. the job is not registered), 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Stop {
         /// The job's ID in Nomad
         name: String,
@@ -200,6 +337,7 @@ pub enum DeviceCommand {
     ///
     /// Exit codes: 0 every device succeeded, 1 some failed, 2 invalid input
     /// (with --dry-run --detailed-exitcode: 0 no changes, 2 changes, 1 error).
+    #[command(verbatim_doc_comment)]
     Provision {
         #[command(flatten)]
         select: DeviceSelect,
@@ -231,7 +369,12 @@ pub enum DeviceCommand {
     },
     /// Per device: reachable, nomad active, certificate expiry, Nomad node status.
     ///
+    /// Examples:
+    ///   edgectl device status --all
+    ///   edgectl device status pi-01 pi-02 --output json
+    ///
     /// Exit codes: 0 every device is healthy, 1 some are not, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Status {
         #[command(flatten)]
         select: DeviceSelect,
@@ -243,9 +386,12 @@ pub enum DeviceCommand {
     /// Retire devices: stop and disable nomad, remove edgectl's files and the key,
     /// revoke the certificate, purge the Nomad node, delete the SSM record.
     ///
-    /// Example: edgectl device deprovision pi-03 --yes
+    /// Examples:
+    ///   edgectl device deprovision pi-03 --yes
+    ///   edgectl device deprovision --group robot1
     ///
     /// Exit codes: 0 success, 1 error or refused confirmation, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Deprovision {
         #[command(flatten)]
         select: DeviceSelect,
@@ -294,8 +440,15 @@ pub struct SshFlags {
 pub enum CloudCommand {
     /// Show what `up` would change; touches nothing.
     ///
-    /// Reads deployment.json and the AWS account. Exit codes: 0 success (with
-    /// --detailed-exitcode: 0 no changes, 2 changes pending), 1 error, 2 invalid input.
+    /// Reads deployment.json and the AWS account.
+    ///
+    /// Examples:
+    ///   edgectl cloud plan
+    ///   edgectl cloud plan --only pca,roles-anywhere --detailed-exitcode
+    ///
+    /// Exit codes: 0 success (with --detailed-exitcode: 0 no changes, 2 changes
+    /// pending), 1 error, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Plan {
         /// Exit 2 when there are changes (as terraform's -detailed-exitcode)
         #[arg(long)]
@@ -308,24 +461,46 @@ pub enum CloudCommand {
     /// Components: pca (root CA, Nomad server and CLI certificates), roles-anywhere
     /// (trust anchor, device role, profile), network (VPC, subnets, NAT, security
     /// group), ingress (load balancer), servers (Nomad servers on EC2), auth (Cognito),
-    /// acl (Nomad ACLs; reached at the load balancer, or at NOMAD_ADDR when set).
+    /// acl (Nomad ACLs; reached at the load balancer, or at NOMAD_ADDR when set),
+    /// registry (the ECR repository for `edgectl image publish`).
     /// Outputs go to SSM under /infrastructure/. Components that do not need each
     /// other apply at the same time. A second run prints "no changes" and makes no
     /// write call.
+    ///
+    /// Examples:
+    ///   edgectl cloud up
+    ///   edgectl cloud up --only pca,roles-anywhere
+    ///   edgectl cloud up --deployment staging --region eu-central-1
+    ///
     /// Exit codes: 0 success, 1 error, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Up {
         #[command(flatten)]
         only: Only,
     },
-    /// Show each component's resources and outputs. Exit codes: 0, 1 error, 2 invalid input.
+    /// Show each component's resources and outputs.
+    ///
+    /// Examples:
+    ///   edgectl cloud status
+    ///   edgectl cloud status --only servers --output json
+    ///
+    /// Exit codes: 0, 1 error, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Status {
         #[command(flatten)]
         only: Only,
     },
-    /// Delete everything this deployment made (the CA is disabled, then deleted).
+    /// Delete everything this deployment made (the CA is disabled, then deleted; the
+    /// ECR repository goes with the images in it).
     ///
     /// Asks for confirmation unless --yes. A second run is a no-op.
+    ///
+    /// Examples:
+    ///   edgectl cloud down
+    ///   edgectl cloud down --only registry --yes
+    ///
     /// Exit codes: 0 success, 1 error or refused confirmation, 2 invalid input.
+    #[command(verbatim_doc_comment)]
     Down {
         /// Do not ask for confirmation
         #[arg(long)]
@@ -338,7 +513,7 @@ pub enum CloudCommand {
 #[derive(Debug, Args)]
 pub struct Only {
     /// Only these components (comma-separated: pca, roles-anywhere, network, ingress,
-    /// servers, auth, acl), with the ones they need — for `down`, with the ones
+    /// servers, auth, acl, registry), with the ones they need — for `down`, with the ones
     /// that need them
     #[arg(long, value_delimiter = ',', value_name = "COMPONENTS")]
     pub only: Option<Vec<String>>,

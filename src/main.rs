@@ -6,7 +6,11 @@ mod cli;
 mod cloud;
 mod config;
 mod device;
+mod doctor;
 mod error;
+#[cfg(test)]
+mod fuzz_tests;
+mod image;
 mod job;
 mod nomad;
 mod nomad_env;
@@ -17,8 +21,8 @@ mod plan;
 mod secret;
 
 use anyhow::Result;
-use clap::Parser;
-use cli::{Cli, CloudCommand, Command, DeviceCommand, JobCommand};
+use clap::{CommandFactory, Parser};
+use cli::{Cli, CloudCommand, Command, DeviceCommand, ImageCommand, JobCommand};
 use error::{Exit, InvalidInput, User};
 use output::{Format, Printer, Tense};
 use std::io::{BufRead, IsTerminal, Write};
@@ -36,7 +40,7 @@ fn main() -> ExitCode {
         Err(e) => e.exit(),
     };
     let printer = Printer::new(cli.global.output, cli.global.verbose);
-    init_tracing(cli.global.verbose);
+    init_tracing(cli.global.verbose, printer.color);
     let runtime = tokio::runtime::Builder::new_multi_thread()
         .enable_all()
         .build()
@@ -58,7 +62,7 @@ fn main() -> ExitCode {
     }
 }
 
-fn init_tracing(verbose: u8) {
+fn init_tracing(verbose: u8, color: bool) {
     let filter = match verbose {
         0 => "warn",
         1 => "edgectl=debug,warn",
@@ -67,6 +71,7 @@ fn init_tracing(verbose: u8) {
     tracing_subscriber::fmt()
         .with_env_filter(tracing_subscriber::EnvFilter::new(filter))
         .with_writer(std::io::stderr)
+        .with_ansi(color)
         .with_target(verbose > 1)
         .init();
 }
@@ -75,7 +80,24 @@ async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
     match &cli.command {
         Command::Cloud(cmd) => run_cloud(cli, cmd, printer).await,
         Command::Device(cmd) => run_device(cli, cmd, printer).await,
+        Command::Image(cmd) => run_image(cli, cmd, printer).await,
         Command::Job(_) => unreachable!("`job` is dispatched by main with nomad's exit codes"),
+        Command::Completions { shell } => {
+            let mut cmd = Cli::command();
+            let mut out = Vec::new();
+            clap_complete::generate(*shell, &mut cmd, "edgectl", &mut out);
+            write_stdout(&out)?;
+            Ok(Exit::Ok)
+        }
+        Command::Man { out_dir } => {
+            man(out_dir.as_deref())?;
+            Ok(Exit::Ok)
+        }
+        Command::Doctor {
+            inventory,
+            known_hosts,
+            connect_timeout,
+        } => run_doctor(cli, inventory, known_hosts.as_deref(), *connect_timeout, printer).await,
         Command::Env { token, client_cert } => {
             let ctx = context(cli, printer).await?;
             let settings = nomad_env::EnvSettings {
@@ -98,6 +120,115 @@ async fn run(cli: &Cli, printer: Printer) -> Result<Exit> {
             Ok(Exit::Ok)
         }
     }
+}
+
+/// Bytes to stdout; a closed pipe is no error.
+fn write_stdout(bytes: &[u8]) -> Result<()> {
+    let mut out = std::io::stdout().lock();
+    match out.write_all(bytes).and_then(|_| out.flush()) {
+        Err(e) if e.kind() != std::io::ErrorKind::BrokenPipe => Err(e.into()),
+        _ => Ok(()),
+    }
+}
+
+/// `edgectl man`: the top page to stdout, or every page into `dir`
+/// (`edgectl.1`, `edgectl-cloud-up.1`, …), titles in capitals.
+fn man(dir: Option<&std::path::Path>) -> Result<()> {
+    let mut cmd = Cli::command().disable_help_subcommand(true);
+    cmd.build();
+    let page = |c: &clap::Command| {
+        let name = c.get_display_name().unwrap_or_else(|| c.get_name()).to_string();
+        (
+            name.clone(),
+            clap_mangen::Man::new(c.clone())
+                .title(name.to_uppercase())
+                .source(format!("edgectl {}", env!("CARGO_PKG_VERSION"))),
+        )
+    };
+    let Some(dir) = dir else {
+        let mut out = Vec::new();
+        page(&cmd).1.render(&mut out)?;
+        return write_stdout(&out);
+    };
+    std::fs::create_dir_all(dir).map_err(|e| {
+        User::new(
+            format!("{}: cannot create: {e}", dir.display()),
+            "pass a writable `--out-dir`",
+        )
+    })?;
+    fn all(c: &clap::Command, into: &mut Vec<clap::Command>) {
+        into.push(c.clone());
+        for s in c.get_subcommands().filter(|s| !s.is_hide_set()) {
+            all(s, into);
+        }
+    }
+    let mut cmds = Vec::new();
+    all(&cmd, &mut cmds);
+    for c in &cmds {
+        let (name, man) = page(c);
+        let path = dir.join(format!("{name}.1"));
+        let mut out = Vec::new();
+        man.render(&mut out)?;
+        std::fs::write(&path, out).map_err(|e| {
+            User::new(
+                format!("{}: cannot write: {e}", path.display()),
+                "pass a writable `--out-dir`",
+            )
+        })?;
+    }
+    Ok(())
+}
+
+async fn run_doctor(
+    cli: &Cli,
+    inventory: &std::path::Path,
+    known_hosts: Option<&std::path::Path>,
+    connect_timeout: u64,
+    printer: Printer,
+) -> Result<Exit> {
+    let g = &cli.global;
+    check_deployment_name(&g.deployment)?;
+    let home = std::env::var_os("HOME")
+        .filter(|h| !h.is_empty())
+        .map(std::path::PathBuf::from)
+        .unwrap_or_else(|| "/".into());
+    let mut ssh = device::ssh::Options::default_for(&home);
+    if let Some(k) = known_hosts {
+        ssh.known_hosts = k.to_path_buf();
+    }
+    ssh.connect_timeout = std::time::Duration::from_secs(connect_timeout.max(1));
+    let settings = doctor::Settings {
+        aws: aws::AwsSettings {
+            region: g.region.clone(),
+            profile: g.profile.clone(),
+            endpoint_url: g.endpoint_url.clone(),
+        },
+        config: g.config.clone(),
+        deployment: g.deployment.clone(),
+        // Read here once; nothing deeper reads the environment.
+        nomad: nomad::NomadSettings::resolve(|k| std::env::var(k).ok()).map_err(|e| format!("{e:#}")),
+        inventory: inventory.to_path_buf(),
+        ssh,
+        local_user: std::env::var("USER")
+            .ok()
+            .filter(|u| !u.is_empty())
+            .unwrap_or_else(|| "root".into()),
+        home,
+    };
+    let report = doctor::run(&settings).await;
+    match printer.format {
+        Format::Json => printer.json("doctor", &report),
+        Format::Human => {
+            // Symbols only where they will be seen in colour.
+            let style = if printer.color && std::io::stdout().is_terminal() {
+                doctor::Style::Symbols
+            } else {
+                doctor::Style::Ascii
+            };
+            write_stdout(format!("{}\n", doctor::render(&report, style)).as_bytes())?;
+        }
+    }
+    Ok(if report.passed() { Exit::Ok } else { Exit::Failed })
 }
 
 /// `$XDG_CONFIG_HOME`, else `~/.config`.
@@ -210,6 +341,47 @@ async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Ex
     }
 }
 
+/// `image publish`: the flags, the build context, docker and buildx are
+/// checked before any AWS call.
+async fn run_image(cli: &Cli, cmd: &ImageCommand, printer: Printer) -> Result<Exit> {
+    let ImageCommand::Publish {
+        name,
+        tag,
+        platform,
+        context: dir,
+        dry_run,
+    } = cmd;
+    let settings = image::PublishSettings {
+        name: name.clone(),
+        tag: tag.clone(),
+        platform: platform.clone(),
+        context: dir
+            .clone()
+            .unwrap_or_else(|| std::path::Path::new("jobs").join(name)),
+        // Read here once; nothing deeper reads the environment.
+        docker: std::env::var_os("EDGECTL_DOCKER")
+            .filter(|d| !d.is_empty())
+            .map(std::path::PathBuf::from)
+            .unwrap_or_else(|| "docker".into()),
+        dry_run: *dry_run,
+    };
+    image::validate(&settings)?;
+    image::preflight(&settings).await?;
+    let ctx = context(cli, printer).await?;
+    let report = image::publish(&ctx, &settings, &image::StderrProgress).await?;
+    match printer.format {
+        Format::Human if report.dry_run => {
+            println!("Would run:");
+            for c in &report.commands {
+                println!("  {c}");
+            }
+        }
+        Format::Human => println!("Pushed {} ({})", report.image, report.platform),
+        Format::Json => printer.json("image publish", &report),
+    }
+    Ok(Exit::Ok)
+}
+
 fn device_settings(
     cli: &Cli,
     select: &cli::DeviceSelect,
@@ -277,6 +449,8 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
             renew_within,
         } => {
             let s = device_settings(cli, select, ssh, *parallel, *retry_failed)?;
+            // The inventory before AWS: bad input is refused offline.
+            let hosts = device::select(&s)?;
             let ctx = context(cli, printer).await?;
             let p = device::ProvisionSettings {
                 dry_run: *dry_run,
@@ -285,7 +459,7 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
                 renew_within_days: *renew_within as i64,
             };
             let progress = std::sync::Arc::new(output::HostLines(printer));
-            let report = device::provision(&ctx, &s, &p, progress).await?;
+            let report = device::provision(&ctx, &s, hosts, &p, progress).await?;
             printer.fleet("device provision", &report);
             Ok(if !report.failed().is_empty() {
                 Exit::Failed
@@ -301,8 +475,9 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
             parallel,
         } => {
             let s = device_settings(cli, select, ssh, *parallel, false)?;
+            let hosts = device::select(&s)?;
             let ctx = context(cli, printer).await?;
-            let report = device::status(&ctx, &s).await?;
+            let report = device::status(&ctx, &s, hosts).await?;
             printer.device_status(&report);
             Ok(if report.iter().all(|r| r.healthy()) {
                 Exit::Ok
@@ -312,9 +487,9 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
         }
         DeviceCommand::Deprovision { select, ssh, yes } => {
             let s = device_settings(cli, select, ssh, 16, false)?;
-            let ctx = context(cli, printer).await?;
             let hosts = device::select(&s)?;
             confirm_deprovision(*yes, &hosts)?;
+            let ctx = context(cli, printer).await?;
             let progress = std::sync::Arc::new(output::HostLines(printer));
             let report = device::deprovision(&ctx, &s, hosts, progress).await?;
             printer.fleet("device deprovision", &report);

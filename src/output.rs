@@ -31,7 +31,8 @@ impl Printer {
         let tty = std::io::stderr().is_terminal();
         Printer {
             format,
-            color: tty && std::env::var_os("NO_COLOR").is_none(),
+            // NO_COLOR counts when set and not empty (no-color.org).
+            color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
             progress: tty && format == Format::Human && verbose == 0,
         }
     }

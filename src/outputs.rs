@@ -28,6 +28,15 @@ pub const NOMAD_CI_TOKEN: &str = "/infrastructure/nomad/token/ci";
 /// The text of the Nomad ACL policy `submit-job`.
 pub const NOMAD_POLICY_SUBMIT_JOB: &str = "/infrastructure/nomad/policies/submit-job";
 
+/// The `iot-publish` image's ECR repository URI (the registry component);
+/// `edgectl image publish` pushes there.
+pub const ECR_IOT_PUBLISH_URI: &str = "/infrastructure/ecr/iot-publish/uri";
+
+/// An image's repository URI: `/infrastructure/ecr/<image>/uri`.
+pub fn ecr_uri(image: &str) -> String {
+    format!("/infrastructure/ecr/{image}/uri")
+}
+
 /// Certificates and keys live under one folder, named as in deployment.json's
 /// `certificates` section (the sample's Secrets Manager names).
 pub fn certificate(name: &str) -> String {
@@ -224,6 +233,11 @@ pub fn plan_param(
 mod tests {
     use super::*;
     use crate::plan::{Action, Value};
+
+    #[test]
+    fn ecr_uri_names_the_registry_output() {
+        assert_eq!(ecr_uri("iot-publish"), ECR_IOT_PUBLISH_URI);
+    }
 
     #[test]
     fn plan_param_cases() {

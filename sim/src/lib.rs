@@ -29,6 +29,7 @@ mod arn;
 pub mod chain;
 mod classify;
 mod control_plane;
+pub mod faults;
 mod ids;
 mod proxy;
 pub mod query;
@@ -52,6 +53,7 @@ use anyhow::Context;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 
+pub use faults::{FaultKind, FaultPhase, FaultPlan, InjectedFault};
 pub use request_log::RequestRecord;
 pub use response::ApiError;
 
@@ -84,6 +86,8 @@ pub(crate) struct State {
     /// it is removed (tests kill a client mid-flight this way).
     pub(crate) holds: tokio::sync::watch::Sender<Vec<String>>,
     pub(crate) held: std::sync::atomic::AtomicUsize,
+    /// Fault injection at a rate, and freezing after N requests.
+    pub(crate) faults: faults::Faults,
 }
 
 /// A running simulator; dropping it (or `shutdown`) stops the server and
@@ -122,6 +126,74 @@ impl SimHandle {
         self.state.held.load(std::sync::atomic::Ordering::SeqCst)
     }
 
+    /// Fails requests from now on as `plan` says (see [`faults`]); replaces
+    /// any earlier plan.
+    pub fn inject_faults(&self, plan: FaultPlan) {
+        self.state.faults.set(Some(plan));
+    }
+
+    /// Stops injecting faults (the record of injected ones stays).
+    pub fn clear_faults(&self) {
+        self.state.faults.set(None);
+    }
+
+    /// Every fault injected since start (or [`SimHandle::reset_fault_counters`]).
+    pub fn injected_faults(&self) -> Vec<InjectedFault> {
+        self.state.faults.injected()
+    }
+
+    /// How many requests were SDK retries (`amz-sdk-request: attempt=N`, N > 1).
+    pub fn retries_seen(&self) -> usize {
+        self.state
+            .faults
+            .retries
+            .load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Forgets injected faults and the retry count.
+    pub fn reset_fault_counters(&self) {
+        self.state.faults.reset_counters()
+    }
+
+    /// API requests seen so far (every one, faulted or held too; not `/__sim/`).
+    pub fn seen(&self) -> usize {
+        self.state.faults.seen.load(std::sync::atomic::Ordering::SeqCst)
+    }
+
+    /// Lets the next `n` requests through, then holds every later one
+    /// (before it is forwarded) until [`SimHandle::unfreeze`]; [`SimHandle::held`]
+    /// counts them. A test kills its client once `held() > 0`: exactly the
+    /// first `n` requests (from now) can have taken effect.
+    pub fn freeze_after(&self, n: usize) {
+        let at = (self.seen() + n) as u64;
+        self.state
+            .faults
+            .freeze_at
+            .store(at, std::sync::atomic::Ordering::SeqCst);
+        self.state.holds.send_modify(|_| {});
+    }
+
+    pub fn unfreeze(&self) {
+        self.state
+            .faults
+            .freeze_at
+            .store(u64::MAX, std::sync::atomic::Ordering::SeqCst);
+        // Wake the held requests so they re-check.
+        self.state.holds.send_modify(|_| {});
+    }
+
+    /// Ends a freeze and drops every request held right now (by the freeze,
+    /// or by [`SimHandle::hold`] once released) without forwarding it (connection closed, logged with status 0): for
+    /// a test that killed the client, so nothing past the Nth request ever
+    /// reaches moto.
+    pub fn unfreeze_discarding(&self) {
+        self.state
+            .faults
+            .discard_generation
+            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+        self.unfreeze();
+    }
+
     /// Stops serving (same as dropping the handle).
     pub fn shutdown(self) {}
 }
@@ -151,6 +223,7 @@ pub async fn start_with(listen: SocketAddr, upstream: String, options: Options) 
         options,
         holds: tokio::sync::watch::channel(Vec::new()).0,
         held: Default::default(),
+        faults: Default::default(),
     });
     let task = tokio::spawn(server::serve(listener, state.clone()));
     Ok(SimHandle {

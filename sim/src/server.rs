@@ -1,7 +1,6 @@
 //! The HTTP/1.1 front door: routes each request to CreateSession, the
 //! control plane, the simulator's own endpoints, or moto, and logs it.
 
-use std::convert::Infallible;
 use std::sync::atomic::Ordering;
 use std::sync::Arc;
 
@@ -14,6 +13,7 @@ use hyper_util::rt::TokioIo;
 use tokio::net::TcpListener;
 use tokio::task::JoinSet;
 
+use crate::faults::{self, FaultKind, FaultPhase};
 use crate::request_log::RequestRecord;
 use crate::response::{self, ApiError, Body};
 use crate::{classify, control_plane, proxy, query, session, State};
@@ -42,7 +42,36 @@ pub(crate) async fn serve(listener: TcpListener, state: Arc<State>) {
     }
 }
 
-async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Infallible> {
+/// Counts a request in `held` for as long as it lives.
+struct HeldGuard<'a>(&'a std::sync::atomic::AtomicUsize);
+
+impl<'a> HeldGuard<'a> {
+    fn new(count: &'a std::sync::atomic::AtomicUsize) -> Self {
+        count.fetch_add(1, Ordering::SeqCst);
+        HeldGuard(count)
+    }
+}
+
+impl Drop for HeldGuard<'_> {
+    fn drop(&mut self) {
+        self.0.fetch_sub(1, Ordering::SeqCst);
+    }
+}
+
+/// A fault that closes the connection: hyper drops it without an answer
+/// when the service fails.
+#[derive(Debug)]
+struct Dropped;
+
+impl std::fmt::Display for Dropped {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("fault injection: connection dropped")
+    }
+}
+
+impl std::error::Error for Dropped {}
+
+async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Body>, Dropped> {
     let (parts, body) = req.into_parts();
     // AWS API bodies are small: buffering them lets us read `Action=` and
     // verify signatures before deciding where the request goes.
@@ -75,15 +104,41 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         status: 0,
     }
     .action();
+    let seq = state.faults.seen.fetch_add(1, Ordering::SeqCst) as u64;
+    let frozen = || seq >= state.faults.freeze_at.load(Ordering::SeqCst);
     let mut holds = state.holds.subscribe();
-    if holds.borrow().contains(&action) {
-        state.held.fetch_add(1, Ordering::SeqCst);
-        while holds.borrow_and_update().contains(&action) {
+    let mut discarded = false;
+    if frozen() || holds.borrow().contains(&action) {
+        let generation = state.faults.discard_generation.load(Ordering::SeqCst);
+        // A guard, not a decrement after the loop: hyper drops this future
+        // when the client goes away (a killed edgectl), and `held` must
+        // not count it any longer.
+        let _held = HeldGuard::new(&state.held);
+        // Mark the current version seen before checking, so `changed`
+        // only wakes us for a newer one.
+        while holds.borrow_and_update().contains(&action) || frozen() {
             if holds.changed().await.is_err() {
                 break;
             }
         }
-        state.held.fetch_sub(1, Ordering::SeqCst);
+        discarded = state.faults.discard_generation.load(Ordering::SeqCst) != generation;
+    }
+    if discarded {
+        // `unfreeze_discarding`: as if the client had never sent it.
+        return finish(&state, service, operation, method, path, FaultKind::Drop, None);
+    }
+
+    let is_form = parts
+        .headers
+        .get("content-type")
+        .and_then(|v| v.to_str().ok())
+        .is_some_and(|ct| ct.starts_with("application/x-www-form-urlencoded"));
+    let fault = state.faults.decide(&action, &parts.headers).map(|(kind, phase)| {
+        let (kind, resp) = faults::response(kind, &parts.headers, service.as_deref(), &path, is_form);
+        (kind, phase, resp)
+    });
+    if let Some((kind, FaultPhase::Before, resp)) = fault {
+        return finish(&state, service, operation, method, path, kind, resp);
     }
 
     let resp = if is_x509 && method == "POST" && path.ends_with("/sessions") {
@@ -101,6 +156,11 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     } else {
         proxy::forward(&state.upstream, parts, body).await
     };
+    if let Some((kind, FaultPhase::After, fault_resp)) = fault {
+        // moto's answer (already complete: its status is in) is lost.
+        drop(resp);
+        return finish(&state, service, operation, method, path, kind, fault_resp);
+    }
 
     state.log.push(RequestRecord {
         service,
@@ -110,6 +170,27 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         status: resp.status().as_u16(),
     });
     Ok(resp)
+}
+
+/// Logs a faulted request (status 0: dropped) and answers it, or drops it.
+fn finish(
+    state: &State,
+    service: Option<String>,
+    operation: Option<String>,
+    method: String,
+    path: String,
+    kind: FaultKind,
+    resp: Option<Response<Body>>,
+) -> Result<Response<Body>, Dropped> {
+    state.log.push(RequestRecord {
+        service,
+        operation,
+        method,
+        path,
+        status: resp.as_ref().map_or(0, |r| r.status().as_u16()),
+    });
+    debug_assert_eq!(resp.is_none(), kind == FaultKind::Drop);
+    resp.ok_or(Dropped)
 }
 
 fn reply(result: Result<(u16, serde_json::Value), ApiError>) -> Response<Body> {

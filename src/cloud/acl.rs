@@ -14,7 +14,7 @@ use crate::nomad::acl::{
     AuthMethod, AuthMethodConfig, BindingRule, BindingRuleStub, BootstrapRequest, Policy, PolicyLink, Role,
     Token, TokenRequest, TokenStub,
 };
-use crate::nomad::client::{self, api_error, is_unreachable, Client, Tls};
+use crate::nomad::client::{self, api_error, is_unreachable, Client, Retry, Tls};
 use crate::outputs::{self, plan_param, Kind};
 use crate::plan::{Action, Change, Value};
 use crate::secret::Secret;
@@ -493,7 +493,8 @@ async fn observe_nomad(
     let Some(tls) = tls(ctx, params, &url) else {
         return Ok(Err("no CA for Nomad yet".into()));
     };
-    let c = match Client::new(&url, &tls).await {
+    let retry = Retry::resolve(ctx.nomad.as_ref());
+    let c = match Client::new(&url, &tls).await.map(|c| c.with_retry(retry)) {
         Ok(c) => c,
         Err(e) if is_unreachable(&e) => return Ok(Err(format!("{:#}", e))),
         Err(e) => return Err(e),
@@ -828,7 +829,9 @@ impl Component for Acl {
             Op::Policy => {
                 let want = desired_policy();
                 if o.acls.policy.as_ref() != Some(&want) {
-                    m.post_unit(&format!("/v1/acl/policy/{POLICY}"), &want).await?;
+                    m.idempotent()
+                        .post_unit(&format!("/v1/acl/policy/{POLICY}"), &want)
+                        .await?;
                     o.acls.policy = Some(want);
                 }
             }
@@ -854,7 +857,8 @@ impl Component for Acl {
                         Some(_) => format!("/v1/acl/auth-method/{AUTH_METHOD}"),
                         None => "/v1/acl/auth-method".to_string(),
                     };
-                    let made: AuthMethod = m.post(&path, &want).await?;
+                    // By name: a repeat updates the same method.
+                    let made: AuthMethod = m.idempotent().post(&path, &want).await?;
                     o.acls.auth_method = Some(made);
                 }
             }
@@ -867,7 +871,11 @@ impl Component for Acl {
                             id: have.id.clone(),
                             ..want
                         };
-                        o.acls.role = Some(m.post(&format!("/v1/acl/role/{}", have.id), &body).await?);
+                        o.acls.role = Some(
+                            m.idempotent()
+                                .post(&format!("/v1/acl/role/{}", have.id), &body)
+                                .await?,
+                        );
                     }
                     None => o.acls.role = Some(m.post("/v1/acl/role", &want).await?),
                 }
@@ -890,6 +898,7 @@ impl Component for Acl {
                             ..want
                         };
                         o.acls.rules[0] = m
+                            .idempotent()
                             .post(&format!("/v1/acl/binding-rule/{}", have.id), &body)
                             .await?;
                     }
@@ -908,6 +917,7 @@ impl Component for Acl {
                         ..desired_ci_token()
                     };
                     o.acls.ci[0] = m
+                        .idempotent()
                         .post(&format!("/v1/acl/token/{}", have.accessor_id), &body)
                         .await?;
                 }
@@ -1031,7 +1041,7 @@ async fn reach(ctx: &Ctx, o: &mut Observed) -> Result<std::result::Result<Client
             ));
         };
         match Client::new(&url, &tls).await {
-            Ok(c) => o.conn = Some(c),
+            Ok(c) => o.conn = Some(c.with_retry(Retry::resolve(ctx.nomad.as_ref()))),
             // The load balancer's name may not resolve yet.
             Err(e) if is_unreachable(&e) => {
                 return pending(ctx, o, format!("waiting for Nomad at {url}: {}", e.root_cause()))
@@ -1129,8 +1139,10 @@ async fn bootstrap(ctx: &Ctx, conn: &Client, o: &mut Observed) -> Result<Applied
     let body = BootstrapRequest {
         bootstrap_secret: &secret,
     };
+    // A repeat after an unseen success answers `already done`, handled below.
     match conn
         .without_token()
+        .idempotent()
         .post::<_, Token>("/v1/acl/bootstrap", &body)
         .await
     {

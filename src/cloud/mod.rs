@@ -11,6 +11,7 @@ pub mod iam_role;
 pub mod ingress;
 pub mod network;
 pub mod pca;
+pub mod registry;
 pub mod roles_anywhere;
 pub mod server_config;
 pub mod servers;
@@ -37,6 +38,7 @@ fn components() -> Vec<Box<dyn Erased>> {
         Box::new(servers::Servers),              // server role, profile, instances, targets
         Box::new(auth::Auth),                    // Cognito pool, client, domain, admin user
         Box::new(acl::Acl),                      // Nomad ACLs: bootstrap, policy, OIDC, CI token
+        Box::new(registry::Registry),            // ECR repository iot-publish (needs nothing)
     ]
 }
 

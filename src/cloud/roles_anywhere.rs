@@ -65,6 +65,9 @@ pub fn device_policy(role: &DeviceRole, region: &str, account: &str) -> Option<J
     }
     if !role.iot_publish_topics.is_empty() {
         statements.push(json!({"Sid": "IotConnect", "Effect": "Allow", "Action": "iot:Connect", "Resource": format!("arn:aws:iot:{region}:{account}:client/*")}));
+        // The workload finds the account's data endpoint itself; the API
+        // has no resource-level permissions.
+        statements.push(json!({"Sid": "IotEndpoint", "Effect": "Allow", "Action": "iot:DescribeEndpoint", "Resource": "*"}));
         let topics: Vec<String> = role
             .iot_publish_topics
             .iter()
@@ -813,10 +816,20 @@ mod tests {
         let p = device_policy(&DeviceRole::default(), "eu-west-1", "123456789012").unwrap();
         let text = p.to_string();
         assert!(text.contains("arn:aws:iot:eu-west-1:123456789012:topic/hello/world"));
-        assert!(
-            !text.contains("\"*\"") || text.matches("\"Resource\":\"*\"").count() == 1,
-            "only ecr:GetAuthorizationToken may use *: {text}"
-        );
+        // Resource "*" only where the API has no resource-level permissions.
+        for st in p["Statement"].as_array().unwrap() {
+            if st["Resource"] == "*" {
+                assert!(
+                    ["ecr:GetAuthorizationToken", "iot:DescribeEndpoint"]
+                        .contains(&st["Action"].as_str().unwrap_or("")),
+                    "{st}"
+                );
+            }
+            assert!(
+                !st["Action"].to_string().contains('*'),
+                "no wildcard action: {st}"
+            );
+        }
         assert!(!text.contains("FullAccess") && !text.contains("kinesis") && !text.contains("s3:"));
         let none = DeviceRole {
             managed_policy_arns: vec![],

@@ -201,6 +201,12 @@ fn check_shape(json: &Json, problems: &mut Vec<String>, warnings: &mut Vec<Strin
                 (Some(v), JsonType::Count) if !v.is_u64() => {
                     problems.push(format!("{name}: expected a whole number, found {v}"))
                 }
+                // A u64 that is no u32 would fail in serde without naming the field.
+                (Some(v), JsonType::Count) if v.as_u64().is_some_and(|n| u32::try_from(n).is_err()) => {
+                    problems.push(format!(
+                        "{name}: {v} is outside 1..9 (Nomad servers: 1, 3, 5, 7 or 9)"
+                    ))
+                }
                 (Some(v), JsonType::Bool) if !v.is_boolean() => {
                     problems.push(format!("{name}: expected true or false, found {v}"))
                 }

@@ -125,7 +125,8 @@ pub fn parse(text: &str, source: &Path, default_user: &str, home: &Path) -> anyh
         let lines = problems
             .into_iter()
             .filter(|p| seen.insert(p.clone()))
-            .map(|p| format!("{origin}: {p}"))
+            // A key with a line break in it (`"h\nx":`) still makes one line.
+            .map(|p| format!("{origin}: {}", p.replace('\n', "\\n").replace('\r', "\\r")))
             .collect();
         InvalidInput(lines).into()
     };

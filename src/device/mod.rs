@@ -300,10 +300,10 @@ fn failed(host: &str, started: Instant, round_trips: u32, err: anyhow::Error) ->
 pub async fn provision(
     ctx: &Ctx,
     s: &Settings,
+    hosts: Vec<Host>,
     p: &ProvisionSettings,
     progress: Arc<dyn Progress>,
 ) -> Result<FleetReport> {
-    let hosts = select(s)?;
     let inputs = Arc::new(read_inputs(ctx, &hosts, p).await?);
     if let Some(dir) = &p.artifacts {
         if !dir.is_dir() {
@@ -791,25 +791,39 @@ fn failed_step(b: &Batch, out: &ssh::Output) -> (String, String) {
 }
 
 /// A release download is skipped when the installed binary already prints
-/// the wanted version: its current sha256 is then what "installed" means.
+/// the wanted version (its current sha256 is then what "installed" means),
+/// and replaced when it prints another one.
 fn keep_installed(
     mut bin: node::Binary,
     facts: &state::Facts,
     path: &str,
     installed: Option<&String>,
 ) -> node::Binary {
-    if let state::Content::Download { installed_sha256, .. } = &mut bin.content {
+    if let state::Content::Download {
+        installed_sha256,
+        stale,
+        ..
+    } = &mut bin.content
+    {
         let current = facts
             .paths
             .iter()
             .find(|p| p.path == path)
             .and_then(|p| p.sha256.clone());
-        let wanted = bin.version.as_deref();
-        *installed_sha256 = match (current, installed, wanted) {
-            (Some(sum), Some(have), Some(want)) if have.contains(want) => Some(sum),
-            // Anything else must be (re)installed: a sum no file has.
-            _ => Some("0".repeat(64)),
-        };
+        match (
+            current,
+            installed.filter(|v| !v.trim().is_empty()),
+            bin.version.as_deref(),
+        ) {
+            (Some(sum), Some(have), Some(want)) if have.contains(want) => *installed_sha256 = Some(sum),
+            (Some(_), have, Some(want)) => {
+                *stale = Some(format!(
+                    "installed version `{}`, wanted `{want}`",
+                    have.map_or("unknown", |h| h.trim())
+                ))
+            }
+            _ => {}
+        }
     }
     bin
 }
@@ -887,5 +901,85 @@ mod tests {
         assert!(!out.status.success());
         assert_eq!(String::from_utf8_lossy(&out.stdout), "");
         assert!(String::from_utf8_lossy(&out.stderr).contains("edgectl-step-failed\th/a"));
+    }
+
+    fn release(version: &str) -> node::Binary {
+        node::Binary {
+            content: state::Content::Download {
+                url: "https://releases.example/nomad.zip".into(),
+                sha256: "a".repeat(64),
+                unzip_member: Some("nomad".into()),
+                installed_sha256: None,
+                stale: None,
+            },
+            version: Some(version.into()),
+        }
+    }
+
+    fn installed(sha: Option<&str>) -> state::Facts {
+        state::Facts {
+            paths: vec![state::PathFact {
+                path: node::NOMAD_BIN.into(),
+                kind: if sha.is_some() {
+                    state::PathKind::File
+                } else {
+                    state::PathKind::Missing
+                },
+                owner: "root".into(),
+                group: "root".into(),
+                mode: 0o755,
+                sha256: sha.map(str::to_string),
+            }],
+            ..state::Facts::default()
+        }
+    }
+
+    #[test]
+    fn an_installed_release_of_the_wanted_version_is_kept_and_another_replaced() {
+        let same = "Nomad v1.11.3".to_string();
+        let other = "Nomad v1.9.0".to_string();
+        type Case<'a> = (
+            &'a str,
+            Option<&'a str>,
+            Option<&'a String>,
+            Option<&'a str>,
+            Option<&'a str>,
+        );
+        let cases: [Case; 4] = [
+            ("same version", Some("b"), Some(&same), Some("b"), None),
+            (
+                "other version",
+                Some("b"),
+                Some(&other),
+                None,
+                Some("installed version `Nomad v1.9.0`, wanted `Nomad v1.11.3`"),
+            ),
+            (
+                "does not run",
+                Some("b"),
+                None,
+                None,
+                Some("installed version `unknown`, wanted `Nomad v1.11.3`"),
+            ),
+            ("missing", None, None, None, None),
+        ];
+        for (name, sha, version, want_sum, want_stale) in cases {
+            let got = keep_installed(
+                release("Nomad v1.11.3"),
+                &installed(sha),
+                node::NOMAD_BIN,
+                version,
+            );
+            let state::Content::Download {
+                installed_sha256,
+                stale,
+                ..
+            } = got.content
+            else {
+                unreachable!()
+            };
+            assert_eq!(installed_sha256.as_deref(), want_sum, "{name}");
+            assert_eq!(stale.as_deref(), want_stale, "{name}");
+        }
     }
 }

@@ -120,6 +120,7 @@ pub fn binaries(
                     sha256: sum,
                     unzip_member: Some("nomad".into()),
                     installed_sha256: None,
+                    stale: None,
                 },
                 version: Some(format!("Nomad v{v}")),
             };
@@ -138,6 +139,7 @@ pub fn binaries(
                         sha256: sum.to_string(),
                         unzip_member: None,
                         installed_sha256: None,
+                    stale: None,
                     },
                     version: Some(SIGNING_HELPER_VERSION.into()),
                 })

@@ -213,9 +213,11 @@ fn user_error(label: &str, err: SshError, target: &Target) -> anyhow::Error {
     let (consequence, hint) = match &err {
         SshError::UnknownHostKey { .. } => (
             "not connecting",
-            "check the fingerprint on the device (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), \
-             then re-run with `--accept-new-host-keys`"
-                .to_string(),
+            format!(
+                "check the fingerprint on the device (`ssh-keygen -lf /etc/ssh/ssh_host_ed25519_key.pub`), \
+             then record it: `edgectl device provision {} --accept-new-host-keys`",
+                target.name
+            ),
         ),
         SshError::HostKeyChanged { known_hosts, .. } => (
             "not connecting",

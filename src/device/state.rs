@@ -77,6 +77,9 @@ pub enum Content {
         sha256: String,
         unzip_member: Option<String>,
         installed_sha256: Option<String>,
+        /// Why an existing file must be replaced although no sha256 can say
+        /// so (e.g. the installed binary reports another version).
+        stale: Option<String>,
     },
 }
 
@@ -244,6 +247,7 @@ pub fn validate(spec: &HostSpec) -> anyhow::Result<()> {
                 sha256,
                 unzip_member,
                 installed_sha256,
+                ..
             } => {
                 anyhow::ensure!(
                     (url.starts_with("https://") || url.starts_with("http://"))
@@ -972,8 +976,9 @@ esac
                 // Download of a zip member whose installed sha256 is not
                 // pinned: an existing file is taken as the right one (the
                 // archive's sha256 cannot be compared with the member's).
-                PathKind::File => match &want {
-                    Some(w) if fact.sha256.as_deref() != Some(w.as_str()) => {
+                PathKind::File => match (&want, &f.content) {
+                    (_, Content::Download { stale: Some(why), .. }) => (Action::Update, why.as_str()),
+                    (Some(w), _) if fact.sha256.as_deref() != Some(w.as_str()) => {
                         (Action::Update, "content differs")
                     }
                     _ => {
@@ -1311,6 +1316,7 @@ fn download_script(f: &File) -> String {
         sha256,
         unzip_member,
         installed_sha256,
+        ..
     } = &f.content
     else {
         unreachable!("download_script of a file that is not a download")
@@ -1543,6 +1549,7 @@ mod tests {
                         sha256: s(TOOL_ZIP_SHA),
                         unzip_member: Some(s("tool")),
                         installed_sha256: Some(s(TOOL_SHA)),
+                        stale: None,
                     },
                     "root",
                     0o755,
@@ -2626,6 +2633,156 @@ mod tests {
             let conf = host.exec_ok("cat '/etc/edgectl demo/demo.conf'").await.unwrap();
             assert_eq!(conf, "greeting = hi\n");
 
+            host.stop().await;
+        }
+
+        /// Serves `files` (path → bytes) over plain HTTP on the test hosts'
+        /// services address, as a release site would.
+        async fn serve(files: Vec<(&'static str, Vec<u8>)>) -> String {
+            use tokio::io::AsyncReadExt;
+            let ip = testkit::hosts::ensure_services_ip().expect("services address");
+            let listener = tokio::net::TcpListener::bind((ip, 0)).await.unwrap();
+            let addr = listener.local_addr().unwrap();
+            tokio::spawn(async move {
+                loop {
+                    let Ok((mut sock, _)) = listener.accept().await else {
+                        return;
+                    };
+                    let files = files.clone();
+                    tokio::spawn(async move {
+                        let mut buf = vec![0u8; 4096];
+                        let n = sock.read(&mut buf).await.unwrap_or(0);
+                        let req = String::from_utf8_lossy(&buf[..n]).to_string();
+                        let path = req.split_whitespace().nth(1).unwrap_or("").to_string();
+                        let resp = match files.iter().find(|(p, _)| *p == path) {
+                            Some((_, body)) => {
+                                let mut r = format!(
+                                    "HTTP/1.1 200 OK\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                                    body.len()
+                                )
+                                .into_bytes();
+                                r.extend_from_slice(body);
+                                r
+                            }
+                            None => {
+                                b"HTTP/1.1 404 Not Found\r\nContent-Length: 0\r\nConnection: close\r\n\r\n"
+                                    .to_vec()
+                            }
+                        };
+                        let _ = sock.write_all(&resp).await;
+                    });
+                }
+            });
+            format!("http://{addr}")
+        }
+
+        /// A zip holding `member` with `content`, made by Python's zipfile
+        /// (no zip crate in the tree for one test).
+        fn zip_of(member: &str, content: &[u8]) -> Vec<u8> {
+            let dir = tempfile::tempdir().unwrap();
+            std::fs::write(dir.path().join(member), content).unwrap();
+            let out = std::process::Command::new("python3")
+                .current_dir(dir.path())
+                .args([
+                    "-c",
+                    &format!(
+                        "import zipfile; z = zipfile.ZipFile('a.zip', 'w'); z.write('{member}'); z.close()"
+                    ),
+                ])
+                .output()
+                .expect("python3 runs");
+            assert!(out.status.success(), "{}", String::from_utf8_lossy(&out.stderr));
+            std::fs::read(dir.path().join("a.zip")).unwrap()
+        }
+
+        #[tokio::test]
+        async fn downloads_are_checked_before_they_are_installed() {
+            let tool = b"#!/bin/sh\necho tool v2\n".to_vec();
+            let zip = zip_of("tool", &tool);
+            let base = serve(vec![("/tool.zip", zip.clone()), ("/plain", tool.clone())]).await;
+            let host = TestHost::boot("state-dl", HostOptions::default())
+                .await
+                .expect("host boots");
+            let download =
+                |path: &str, url: String, sha: String, member: Option<&str>, stale: Option<&str>| File {
+                    path: path.into(),
+                    content: Content::Download {
+                        url,
+                        sha256: sha,
+                        unzip_member: member.map(str::to_string),
+                        installed_sha256: None,
+                        stale: stale.map(str::to_string),
+                    },
+                    owner: "root".into(),
+                    group: "root".into(),
+                    mode: 0o755,
+                    notify: vec![],
+                };
+            let good = HostSpec {
+                files: vec![
+                    download(
+                        "/usr/local/bin/edgectl-tool",
+                        format!("{base}/tool.zip"),
+                        sha256_hex(&zip),
+                        Some("tool"),
+                        None,
+                    ),
+                    download(
+                        "/usr/local/bin/edgectl-plain",
+                        format!("{base}/plain"),
+                        sha256_hex(&tool),
+                        None,
+                        None,
+                    ),
+                ],
+                ..HostSpec::default()
+            };
+            validate(&good).unwrap();
+            let plan = plan_host("h", &good, &observe(&host, &good).await);
+            assert_eq!(plan.changes.len(), 2, "{:?}", plan.changes);
+            apply(&host, &plan).await;
+            let out = host.exec_ok("/usr/local/bin/edgectl-tool; /usr/local/bin/edgectl-plain; stat -c %a /usr/local/bin/edgectl-tool").await.unwrap();
+            assert_eq!(out, "tool v2\ntool v2\n755\n");
+            assert!(
+                plan_host("h", &good, &observe(&host, &good).await)
+                    .changes
+                    .is_empty(),
+                "converged"
+            );
+
+            // A sum that does not match: refused, nothing installed, no leftovers.
+            let bad = HostSpec {
+                files: vec![download(
+                    "/usr/local/bin/edgectl-bad",
+                    format!("{base}/tool.zip"),
+                    "0".repeat(64),
+                    Some("tool"),
+                    None,
+                )],
+                ..HostSpec::default()
+            };
+            let plan = plan_host("h", &bad, &observe(&host, &bad).await);
+            let err = run(&host, &plan.steps[0].script, None)
+                .await
+                .expect_err("a bad sum fails");
+            assert!(format!("{err:#}").contains("sha256 mismatch"), "{err:#}");
+            let left = host.exec_ok("ls -a /usr/local/bin").await.unwrap();
+            assert!(!left.contains("edgectl-bad"), "{left}");
+
+            // An installed file of another version: replaced though no sum says so.
+            std::fs::write(host.root_dir.join("usr/local/bin/edgectl-tool"), "old").unwrap();
+            let mut stale = good.clone();
+            stale.files.truncate(1);
+            if let Content::Download { stale: s, .. } = &mut stale.files[0].content {
+                *s = Some("installed version `v1`, wanted `v2`".into());
+            }
+            let plan = plan_host("h", &stale, &observe(&host, &stale).await);
+            assert_eq!(plan.changes[0].reason, "installed version `v1`, wanted `v2`");
+            apply(&host, &plan).await;
+            assert_eq!(
+                host.exec_ok("/usr/local/bin/edgectl-tool").await.unwrap(),
+                "tool v2\n"
+            );
             host.stop().await;
         }
     }

@@ -85,8 +85,7 @@ pub async fn nodes(nomad: &Client) -> Result<Vec<NodeStub>> {
     nomad.get("/v1/nodes").await
 }
 
-pub async fn status(ctx: &Ctx, s: &Settings) -> Result<Vec<DeviceStatus>> {
-    let hosts = super::select(s)?;
+pub async fn status(ctx: &Ctx, s: &Settings, hosts: Vec<Host>) -> Result<Vec<DeviceStatus>> {
     let nodes: Option<BTreeMap<String, String>> = match nomad(ctx).await {
         Ok(Some(c)) => match nodes(&c).await {
             Ok(list) => Some(list.into_iter().map(|n| (n.name, n.status)).collect()),

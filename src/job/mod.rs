@@ -101,7 +101,18 @@ fn known_jobs(dir: &Path) -> Vec<String> {
 /// Reads the job file and builds its variables: the default image when the
 /// file declares `variable "image"`, then `--var-file`s, then `--var`s
 /// (later ones win, as with the nomad CLI).
-pub fn load(s: &SourceSettings, ctx_account: &str, ctx_region: &str) -> Result<Source> {
+/// This deployment's ECR repository for the iot-publish image (as the
+/// `registry` component names it).
+pub fn image_repository(ctx: &crate::cloud::Ctx) -> String {
+    format!(
+        "{}.dkr.ecr.{}.amazonaws.com/{}",
+        ctx.aws.account,
+        ctx.aws.region,
+        crate::cloud::registry::repository_name(&ctx.deployment)
+    )
+}
+
+pub fn load(s: &SourceSettings, image_repository: &str) -> Result<Source> {
     let path = locate(&s.name, &s.jobs_dir)?;
     let hcl = std::fs::read_to_string(&path)
         .map_err(|e| InvalidInput(vec![format!("{}: cannot read: {e}", path.display())]))?;
@@ -123,12 +134,7 @@ pub fn load(s: &SourceSettings, ctx_account: &str, ctx_region: &str) -> Result<S
             }
         }
     }
-    let image = declares_variable(&hcl, "image").then(|| {
-        format!(
-            "{ctx_account}.dkr.ecr.{ctx_region}.amazonaws.com/iot-publish:{}",
-            s.tag
-        )
-    });
+    let image = declares_variable(&hcl, "image").then(|| format!("{image_repository}:{}", s.tag));
     let variables = variables_text(image.as_deref(), &files, &vars);
     Ok(Source { path, hcl, variables })
 }
@@ -331,7 +337,9 @@ pub async fn connect(ctx: &Ctx) -> Result<(Client, TokenSource)> {
             "run `edgectl cloud up --only=pca`, or set NOMAD_CACERT",
         )
     })?;
-    let client = Client::new(&url, &tls).await?;
+    let client = Client::new(&url, &tls)
+        .await?
+        .with_retry(crate::nomad::client::Retry::resolve(ctx.nomad.as_ref()));
     Ok(match (env_token, params.get(outputs::NOMAD_CI_TOKEN)) {
         (Some(t), _) => (client.with_token(&t), TokenSource::Env),
         (None, Some(t)) => (client.with_token(t), TokenSource::Ssm),

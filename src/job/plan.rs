@@ -26,7 +26,7 @@ pub struct PlanReport {
 }
 
 pub async fn plan(ctx: &Ctx, src: &SourceSettings) -> Result<PlanReport> {
-    let source = super::load(src, &ctx.aws.account, &ctx.aws.region)?;
+    let source = super::load(src, &super::image_repository(ctx))?;
     let (c, token) = connect(ctx).await?;
     let job = parse(&c, &source, token).await?;
     let id = job_id(&job)?;

@@ -190,7 +190,7 @@ pub async fn run(
         deadline: Instant::now() + s.timeout,
         nomad_wait: Duration::ZERO,
     };
-    let source = super::load(src, &ctx.aws.account, &ctx.aws.region)?;
+    let source = super::load(src, &super::image_repository(ctx))?;
     let (c, token) = connect(ctx).await?;
     let job = parse(&c, &source, token).await?;
     let id = job_id(&job)?;

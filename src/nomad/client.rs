@@ -10,12 +10,21 @@ use reqwest::Method;
 use serde::de::DeserializeOwned;
 use serde::Serialize;
 use std::net::{IpAddr, SocketAddr};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 /// Nomad's HTTP port, used when an address names none.
 pub const DEFAULT_PORT: u16 = 4646;
 const TIMEOUT: Duration = Duration::from_secs(30);
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
+/// How long edgectl keeps retrying one request unless `EDGECTL_NOMAD_WAIT`
+/// says otherwise.
+const RETRY_DEADLINE: Duration = Duration::from_secs(60);
+const FIRST_BACKOFF: Duration = Duration::from_millis(200);
+const MAX_BACKOFF: Duration = Duration::from_secs(5);
+/// The least time a last attempt before the deadline is given.
+const MIN_ATTEMPT: Duration = Duration::from_millis(100);
+/// The least time one attempt is given when `EDGECTL_NOMAD_WAIT` is short.
+const MIN_TIMEOUT: Duration = Duration::from_secs(6);
 
 /// The `NOMAD_*` variables the nomad CLI reads, resolved once when a
 /// command starts (files read, pairs checked). Everything else in edgectl
@@ -127,6 +136,176 @@ fn host_ip(url: &reqwest::Url) -> Option<IpAddr> {
     host.trim_start_matches('[').trim_end_matches(']').parse().ok()
 }
 
+/// How one request is retried: every request to Nomad goes through
+/// [`Retry::run`], the one place that decides (issue 14).
+///
+/// A failure is retried while the deadline allows when the request is safe
+/// to repeat: no connection was made (nothing was sent), or the request is
+/// idempotent (reads, deletes, writes marked with [`Client::idempotent`])
+/// and the failure is transient ([`classify`]). Waits between attempts
+/// double from 200 ms to 5 s, with jitter.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Retry {
+    /// Start no attempt after this long (counted from the first).
+    pub deadline: Duration,
+    /// One attempt's limit: a slower answer counts as a failed attempt.
+    pub attempt_timeout: Duration,
+}
+
+impl Default for Retry {
+    fn default() -> Retry {
+        Retry {
+            deadline: RETRY_DEADLINE,
+            attempt_timeout: TIMEOUT,
+        }
+    }
+}
+
+impl Retry {
+    /// From `EDGECTL_NOMAD_WAIT`: it bounds the retries, and a quarter of it
+    /// (6 s to 30 s) bounds one attempt. Unset: 60 s and 30 s. Nomad holds
+    /// a request up to 5 s while it has no leader (`rpc_hold_timeout`):
+    /// an attempt is not cut shorter than that.
+    pub fn resolve(settings: Option<&NomadSettings>) -> Retry {
+        match settings.and_then(|s| s.wait) {
+            None => Retry::default(),
+            Some(wait) => Retry {
+                deadline: wait,
+                attempt_timeout: (wait / 4).clamp(MIN_TIMEOUT, TIMEOUT),
+            },
+        }
+    }
+
+    /// A single attempt (probes that report rather than wait).
+    pub fn once() -> Retry {
+        Retry {
+            deadline: Duration::ZERO,
+            ..Retry::default()
+        }
+    }
+
+    /// The wait before attempt `n + 1` (n ≥ 1): 200 ms doubling to 5 s,
+    /// then between half and all of it (`jitter` in [0, 1)).
+    fn backoff(n: u32, jitter: f64) -> Duration {
+        let full = FIRST_BACKOFF
+            .saturating_mul(1u32 << n.saturating_sub(1).min(16))
+            .min(MAX_BACKOFF);
+        full / 2 + full.mul_f64(jitter.clamp(0.0, 1.0) / 2.0)
+    }
+
+    /// Runs `attempt` until it succeeds, fails for good, or the deadline
+    /// (plus `extra`, a blocking query's own wait) leaves no room for
+    /// another. `attempt` gets its time limit. Giving up after more than
+    /// one attempt says so: `gave up after 7 attempts in 60s: <last cause>`.
+    async fn run<T, F, Fut>(&self, idempotent: bool, extra: Duration, mut attempt: F) -> Result<T>
+    where
+        F: FnMut(Duration) -> Fut,
+        Fut: std::future::Future<Output = std::result::Result<T, Failed>>,
+    {
+        let start = Instant::now();
+        let end = start + self.deadline + extra;
+        let per_attempt = self.attempt_timeout + extra;
+        let mut n = 0u32;
+        loop {
+            n += 1;
+            // The first attempt gets its full time, later ones what is left.
+            let limit = match n {
+                1 => per_attempt,
+                _ => per_attempt
+                    .min(end.saturating_duration_since(Instant::now()))
+                    .max(MIN_ATTEMPT),
+            };
+            let failed = match attempt(limit).await {
+                Ok(v) => return Ok(v),
+                Err(f) => f,
+            };
+            let retry = match failed.class {
+                Class::NotSent => true,
+                Class::Transient => idempotent,
+                Class::Final => false,
+            };
+            // The last wait is cut short so that a last attempt ends at the deadline.
+            let left = end.saturating_duration_since(Instant::now());
+            let out_of_time = left < MIN_ATTEMPT * 2;
+            if !retry || out_of_time {
+                if n == 1 || !retry {
+                    return Err(failed.error);
+                }
+                return Err(failed.error.context(format!(
+                    "gave up after {n} attempts in {}",
+                    seconds(start.elapsed())
+                )));
+            }
+            let pause = Retry::backoff(n, jitter()).min(left - MIN_ATTEMPT);
+            tracing::debug!("attempt {n} failed, retrying in {pause:?}: {:#}", failed.error);
+            tokio::time::sleep(pause).await;
+        }
+    }
+}
+
+/// `60s`, `7.5s`.
+fn seconds(d: Duration) -> String {
+    let s = d.as_secs_f64();
+    if s >= 10.0 {
+        format!("{s:.0}s")
+    } else {
+        format!("{s:.1}s")
+    }
+}
+
+/// A number in [0, 1) that differs between calls and processes, without a
+/// random number crate.
+fn jitter() -> f64 {
+    use std::hash::{BuildHasher, Hasher};
+    let mut h = std::collections::hash_map::RandomState::new().build_hasher();
+    h.write_u128(
+        std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .unwrap_or_default()
+            .as_nanos(),
+    );
+    (h.finish() >> 11) as f64 / (1u64 << 53) as f64
+}
+
+/// What one failed attempt means for the next.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Class {
+    /// No connection was made, so nothing was sent: any request may be repeated.
+    NotSent,
+    /// Nomad (or something in front of it) may have acted but may answer
+    /// differently next time: repeat idempotent requests only.
+    Transient,
+    /// A final answer: repeating would get the same.
+    Final,
+}
+
+/// Bodies of 500 answers that are Nomad's final word (spec A0: uncoded
+/// errors become 500) rather than server trouble.
+const FINAL_500: &[&str] = &[
+    "Enforcing job modify index",
+    "ACL bootstrap already done",
+    "Permission denied",
+    "ACL token not found",
+    "job not found",
+];
+
+/// Sorts an error answer: 502, 503, 504 and a 500 whose body is not one of
+/// Nomad's final errors are transient; everything else (any 4xx) is final.
+pub fn classify(status: u16, body: &str) -> Class {
+    match status {
+        502..=504 => Class::Transient,
+        500 if FINAL_500.iter().any(|f| body.contains(f)) => Class::Final,
+        500 => Class::Transient,
+        _ => Class::Final,
+    }
+}
+
+/// One failed attempt: the error to report and what it means.
+struct Failed {
+    error: anyhow::Error,
+    class: Class,
+}
+
 /// What TLS to use with one Nomad address.
 pub struct Tls {
     pub ca_pem: String,
@@ -184,6 +363,9 @@ pub struct Client {
     server_name: String,
     http: reqwest::Client,
     token: Option<Secret>,
+    retry: Retry,
+    /// Writes are repeated after transient failures too.
+    idempotent_writes: bool,
 }
 
 impl std::fmt::Debug for Client {
@@ -192,6 +374,8 @@ impl std::fmt::Debug for Client {
             .field("addr", &self.addr)
             .field("server_name", &self.server_name)
             .field("token", &self.token)
+            .field("retry", &self.retry)
+            .field("idempotent_writes", &self.idempotent_writes)
             .finish()
     }
 }
@@ -236,7 +420,28 @@ impl Client {
             server_name: tls.server_name.clone(),
             http: builder.build().context("building the HTTP client for Nomad")?,
             token: None,
+            retry: Retry::default(),
+            idempotent_writes: false,
         })
+    }
+
+    /// The same connection, retrying as `retry` says.
+    pub fn with_retry(&self, retry: Retry) -> Client {
+        Client {
+            retry,
+            ..self.clone()
+        }
+    }
+
+    /// The same connection, for writes that are safe to repeat (an upsert
+    /// by name or id, registering the same job again): they are retried
+    /// after transient failures like reads. Other writes are retried only
+    /// when nothing was sent.
+    pub fn idempotent(&self) -> Client {
+        Client {
+            idempotent_writes: true,
+            ..self.clone()
+        }
     }
 
     /// The same connection, sending `token` as `X-Nomad-Token`.
@@ -279,7 +484,7 @@ impl Client {
 
     /// A read and its `X-Nomad-Index` (0 when absent).
     pub async fn get_indexed<T: DeserializeOwned>(&self, path: &str) -> Result<(T, u64)> {
-        let (text, index) = self.call_meta(Method::GET, path, None, None).await?;
+        let (text, index) = self.call_meta(Method::GET, path, None, Duration::ZERO).await?;
         Ok((decode(&Method::GET, &self.addr, path, &text)?, index))
     }
 
@@ -296,8 +501,7 @@ impl Client {
         let sep = if path.contains('?') { '&' } else { '?' };
         let full = format!("{path}{sep}index={index}&wait={}ms", wait.as_millis().max(1));
         // Longer than Nomad's own wait, so the server answers first.
-        let timeout = wait + wait / 16 + TIMEOUT;
-        let (text, got) = self.call_meta(Method::GET, &full, None, Some(timeout)).await?;
+        let (text, got) = self.call_meta(Method::GET, &full, None, wait + wait / 16).await?;
         Ok((decode(&Method::GET, &self.addr, path, &text)?, got))
     }
 
@@ -308,39 +512,53 @@ impl Client {
     }
 
     async fn call(&self, method: Method, path: &str, body: Option<Vec<u8>>) -> Result<String> {
-        self.call_meta(method, path, body, None)
+        self.call_meta(method, path, body, Duration::ZERO)
             .await
             .map(|(text, _)| text)
     }
 
-    /// One request; the body and the `X-Nomad-Index` header (0 when absent).
+    /// One request, retried as [`Retry`] says; the body and the
+    /// `X-Nomad-Index` header (0 when absent). `extra`: how long Nomad may
+    /// hold a blocking query before answering.
     async fn call_meta(
         &self,
         method: Method,
         path: &str,
         body: Option<Vec<u8>>,
-        timeout: Option<Duration>,
+        extra: Duration,
     ) -> Result<(String, u64)> {
         let what = || format!("{method} {}{path}", self.addr);
+        let idempotent =
+            self.idempotent_writes || matches!(method, Method::GET | Method::HEAD | Method::DELETE);
+        self.retry
+            .run(idempotent, extra, |limit| {
+                self.attempt(&method, path, body.clone(), limit)
+            })
+            .await
+            .with_context(what)
+    }
+
+    /// One attempt of a request, within `limit`.
+    async fn attempt(
+        &self,
+        method: &Method,
+        path: &str,
+        body: Option<Vec<u8>>,
+        limit: Duration,
+    ) -> std::result::Result<(String, u64), Failed> {
         let mut url = self.base.clone();
         let (p, q) = path.split_once('?').unwrap_or((path, ""));
         url.set_path(p);
         url.set_query((!q.is_empty()).then_some(q));
-        let mut req = self.http.request(method.clone(), url);
+        let mut req = self.http.request(method.clone(), url).timeout(limit);
         if let Some(t) = &self.token {
             req = req.header("X-Nomad-Token", t.expose());
         }
         if let Some(b) = body {
             req = req.header("Content-Type", "application/json").body(b);
         }
-        if let Some(t) = timeout {
-            req = req.timeout(t);
-        }
         tracing::debug!("{method} {}{path}", self.addr);
-        let resp = match req.send().await {
-            Ok(r) => r,
-            Err(e) => return Err(self.transport_error(e)).with_context(what),
-        };
+        let resp = req.send().await.map_err(|e| self.transport_error(e, limit))?;
         let status = resp.status().as_u16();
         let index = resp
             .headers()
@@ -348,19 +566,25 @@ impl Client {
             .and_then(|v| v.to_str().ok())
             .and_then(|v| v.parse().ok())
             .unwrap_or(0);
-        let text = resp
-            .text()
-            .await
-            .with_context(|| format!("reading the answer to {}", what()))?;
+        // Cut or too slow mid-answer: Nomad may have acted.
+        let text = resp.text().await.map_err(|e| Failed {
+            class: Class::Transient,
+            error: anyhow::Error::new(e).context("reading the answer"),
+        })?;
         if !(200..300).contains(&status) {
-            return Err(ApiError { status, body: text }).with_context(what);
+            return Err(Failed {
+                class: classify(status, &text),
+                error: ApiError { status, body: text }.into(),
+            });
         }
         Ok((text, index))
     }
 
-    /// Sorts a failed request into TLS trouble (a user error with a hint),
-    /// no connection ([`Unreachable`]), or anything else.
-    fn transport_error(&self, e: reqwest::Error) -> anyhow::Error {
+    /// Sorts a failed request into TLS trouble (a user error with a hint,
+    /// final), no connection ([`Unreachable`]; a timeout is one too, but
+    /// the request may have been sent), or anything else (a connection cut
+    /// mid-request: transient).
+    fn transport_error(&self, e: reqwest::Error, limit: Duration) -> Failed {
         let mut innermost: &dyn std::error::Error = &e;
         let mut tls = false;
         while let Some(s) = innermost.source() {
@@ -369,16 +593,31 @@ impl Client {
         }
         let detail = innermost.to_string();
         if tls {
-            User::new(
+            let error = User::new(
                 format!("TLS with Nomad failed ({detail}); expected a certificate for {} issued by the Nomad CA", self.server_name),
                 "the CA is /infrastructure/certificates/<ca_cert_secret_name> in SSM unless NOMAD_CACERT names \
                  another; set NOMAD_TLS_SERVER_NAME if the servers' certificates carry another name",
             )
-            .into()
-        } else if e.is_connect() || e.is_timeout() {
-            Unreachable(detail).into()
+            .into();
+            Failed {
+                error,
+                class: Class::Final,
+            }
+        } else if e.is_connect() {
+            Failed {
+                error: Unreachable(detail).into(),
+                class: Class::NotSent,
+            }
+        } else if e.is_timeout() {
+            Failed {
+                error: Unreachable(format!("no answer within {}", seconds(limit))).into(),
+                class: Class::Transient,
+            }
         } else {
-            anyhow::Error::new(e)
+            Failed {
+                error: anyhow::Error::new(e),
+                class: Class::Transient,
+            }
         }
     }
 }
@@ -446,5 +685,154 @@ mod tests {
             "GET https://x:1/v1/acl/tokens: Nomad answered 403: Permission denied"
         );
         assert_eq!(api_error(&e).unwrap().status, 403);
+    }
+
+    #[test]
+    fn failures_are_classified() {
+        use Class::*;
+        let cases: &[(&str, u16, &str, Class)] = &[
+            ("server_trouble", 500, "rpc error: EOF", Transient),
+            ("no_leader", 500, "No cluster leader", Transient),
+            ("empty_500", 500, "", Transient),
+            ("bad_gateway", 502, "", Transient),
+            ("unavailable", 503, "no healthy upstream", Transient),
+            ("gateway_timeout", 504, "", Transient),
+            (
+                "check_index",
+                500,
+                "Enforcing job modify index 0: job already exists",
+                Final,
+            ),
+            (
+                "bootstrap_done",
+                500,
+                "ACL bootstrap already done (reset index: 7)",
+                Final,
+            ),
+            ("permission_500", 500, "rpc error: Permission denied", Final),
+            ("token_not_found_500", 500, "ACL token not found", Final),
+            ("job_not_found_500", 500, "job not found", Final),
+            ("bad_request", 400, "Job ID hasn't been provided", Final),
+            ("forbidden", 403, "Permission denied", Final),
+            ("not_found", 404, "deployment not found", Final),
+            ("method", 405, "Invalid method", Final),
+            ("throttled", 429, "", Final),
+            ("not_implemented", 501, "", Final),
+        ];
+        for (name, status, body, want) in cases {
+            assert_eq!(classify(*status, body), *want, "{name}");
+        }
+    }
+
+    #[test]
+    fn backoff_doubles_to_five_seconds_with_jitter() {
+        let ms = |n, j| Retry::backoff(n, j).as_millis();
+        assert_eq!([ms(1, 0.0), ms(1, 0.999_999)], [100, 199]);
+        assert_eq!(ms(2, 0.0), 200);
+        assert_eq!(ms(3, 0.0), 400);
+        assert_eq!([ms(6, 0.0), ms(6, 0.999_999)], [2500, 4999]);
+        assert_eq!(ms(40, 0.0), 2500);
+        let j = jitter();
+        assert!((0.0..1.0).contains(&j), "{j}");
+    }
+
+    #[test]
+    fn settings_shorten_the_retries() {
+        assert_eq!(Retry::resolve(None), Retry::default());
+        let s = NomadSettings {
+            wait: Some(Duration::from_secs(8)),
+            ..NomadSettings::default()
+        };
+        let r = Retry::resolve(Some(&s));
+        assert_eq!(r.deadline, Duration::from_secs(8));
+        assert_eq!(r.attempt_timeout, Duration::from_secs(6));
+        let s = NomadSettings {
+            wait: Some(Duration::from_secs(40)),
+            ..NomadSettings::default()
+        };
+        assert_eq!(Retry::resolve(Some(&s)).attempt_timeout, Duration::from_secs(10));
+    }
+
+    fn failed(status: u16, body: &str) -> Failed {
+        Failed {
+            class: classify(status, body),
+            error: ApiError {
+                status,
+                body: body.into(),
+            }
+            .into(),
+        }
+    }
+
+    /// Runs `retry` over attempts that fail as `script` says, then
+    /// succeed; the result and the number of attempts.
+    async fn scripted(retry: Retry, idempotent: bool, script: Vec<Failed>) -> (Result<()>, usize) {
+        let script = std::sync::Mutex::new(script.into_iter());
+        let count = std::sync::atomic::AtomicUsize::new(0);
+        let out = retry
+            .run(idempotent, Duration::ZERO, |_| {
+                count.fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+                let next = script.lock().unwrap().next();
+                async move { next.map_or(Ok(()), Err) }
+            })
+            .await;
+        (out, count.into_inner())
+    }
+
+    #[tokio::test]
+    async fn transient_failures_are_retried_until_the_deadline() {
+        let r = Retry {
+            deadline: Duration::from_secs(2),
+            attempt_timeout: Duration::from_secs(1),
+        };
+        let (out, n) = scripted(r, true, vec![failed(500, "rpc error: EOF"), failed(503, "")]).await;
+        assert!(out.is_ok());
+        assert_eq!(n, 3);
+        // A write not marked idempotent: once.
+        let (out, n) = scripted(r, false, vec![failed(503, "")]).await;
+        assert_eq!(n, 1);
+        assert_eq!(
+            format!("{:#}", out.unwrap_err()),
+            "Nomad answered 503: (empty body)"
+        );
+        // Nothing sent: any request is repeated.
+        let refused = Failed {
+            class: Class::NotSent,
+            error: Unreachable("Connection refused".into()).into(),
+        };
+        let (out, n) = scripted(r, false, vec![refused]).await;
+        assert!(out.is_ok());
+        assert_eq!(n, 2);
+        // Final answers are not repeated, whatever the method.
+        let (out, n) = scripted(
+            r,
+            true,
+            vec![failed(500, "Enforcing job modify index 3: job does not exist")],
+        )
+        .await;
+        assert_eq!(n, 1);
+        assert!(api_error(&out.unwrap_err()).is_some());
+        // Always failing: gives up once the deadline leaves no room.
+        let start = Instant::now();
+        let always = (0..1000).map(|_| failed(500, "rpc error: test fault")).collect();
+        let (out, n) = scripted(r, true, always).await;
+        let took = start.elapsed();
+        let err = out.unwrap_err();
+        let text = format!("{err:#}");
+        assert!(
+            text.starts_with(&format!("gave up after {n} attempts in ")),
+            "{text}"
+        );
+        assert!(
+            text.ends_with("s: Nomad answered 500: rpc error: test fault"),
+            "{text}"
+        );
+        assert!(took <= Duration::from_millis(2300), "{took:?}");
+        assert!(took >= Duration::from_millis(1800), "{took:?}");
+        assert!((3..=9).contains(&n), "{n}");
+        assert_eq!(api_error(&err).unwrap().status, 500);
+        // A single attempt.
+        let (_, n) = scripted(Retry::once(), true, vec![failed(503, "")]).await;
+        assert_eq!(n, 1);
     }
 }

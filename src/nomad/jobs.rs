@@ -39,11 +39,13 @@ pub struct Submission<'a> {
 /// `POST /v1/jobs/parse`: the server parses HCL2 with the given var-file
 /// text and canonicalizes; the job as JSON, ready to register.
 pub async fn parse(c: &Client, hcl: &str, variables: &str) -> Result<Value> {
-    c.post(
-        "/v1/jobs/parse",
-        &serde_json::json!({"JobHCL": hcl, "Canonicalize": true, "Variables": variables}),
-    )
-    .await
+    // Reads nothing, writes nothing: safe to repeat.
+    c.idempotent()
+        .post(
+            "/v1/jobs/parse",
+            &serde_json::json!({"JobHCL": hcl, "Canonicalize": true, "Variables": variables}),
+        )
+        .await
 }
 
 #[derive(Debug, Clone, Default, Deserialize)]
@@ -75,6 +77,13 @@ pub async fn register(
     if let Some(s) = submission {
         body["Submission"] = serde_json::to_value(s)?;
     }
+    // The same job again is no new version; with a check index, a repeat
+    // after an unseen success would report a false conflict, so no retry.
+    let c = if check_index.is_none() {
+        c.idempotent()
+    } else {
+        c.clone()
+    };
     c.post("/v1/jobs", &body).await
 }
 
@@ -176,11 +185,13 @@ pub struct PlanResponse {
 
 /// `POST /v1/job/:id/plan` with the diff.
 pub async fn plan(c: &Client, id: &str, job: &Value) -> Result<PlanResponse> {
-    c.post(
-        &format!("/v1/job/{}/plan", escape(id)),
-        &serde_json::json!({"Job": job, "Diff": true, "PolicyOverride": false}),
-    )
-    .await
+    // A dry run: safe to repeat.
+    c.idempotent()
+        .post(
+            &format!("/v1/job/{}/plan", escape(id)),
+            &serde_json::json!({"Job": job, "Diff": true, "PolicyOverride": false}),
+        )
+        .await
 }
 
 /// Why the scheduler could not place a task group.

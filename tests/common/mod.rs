@@ -404,6 +404,28 @@ pub async fn leftovers(stand: &Stand, deployment: &str) -> Vec<String> {
             left.push(format!("cognito user pool {id}"));
         }
     }
+    let ecr = aws_sdk_ecr::Client::new(&sdk);
+    let repos = ecr.describe_repositories().send().await.unwrap();
+    for r in repos.repositories() {
+        let arn = r.repository_arn().unwrap_or_default();
+        let tags = ecr
+            .list_tags_for_resource()
+            .resource_arn(arn)
+            .send()
+            .await
+            .unwrap();
+        let pairs: Vec<_> = tags
+            .tags()
+            .iter()
+            .map(|t| (Some(t.key()), Some(t.value())))
+            .collect();
+        if tagged(&pairs) {
+            left.push(format!(
+                "ecr repository {}",
+                r.repository_name().unwrap_or_default()
+            ));
+        }
+    }
     left
 }
 pub mod devices;
