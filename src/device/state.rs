@@ -679,7 +679,7 @@ pub fn parse_facts(out: &str) -> anyhow::Result<Facts> {
                 ACTIVE_STATES.contains(active),
             )),
             ["read", p, "1", b64] => {
-                let bytes = base64_decode(b64).ok_or_else(bad)?;
+                let bytes = crate::pki::base64_decode(b64).ok_or_else(bad)?;
                 // Lossy: a garbled public file is shown (and replaced), not fatal.
                 facts
                     .reads
@@ -692,39 +692,6 @@ pub fn parse_facts(out: &str) -> anyhow::Result<Facts> {
     }
     anyhow::ensure!(ended, "facts: the output was cut short (no `end` line)");
     Ok(facts)
-}
-
-fn base64_decode(s: &str) -> Option<Vec<u8>> {
-    let val = |c: u8| -> Option<u32> {
-        Some(match c {
-            b'A'..=b'Z' => c - b'A',
-            b'a'..=b'z' => c - b'a' + 26,
-            b'0'..=b'9' => c - b'0' + 52,
-            b'+' => 62,
-            b'/' => 63,
-            _ => return None,
-        } as u32)
-    };
-    let b = s.as_bytes();
-    if b.len() % 4 != 0 {
-        return None;
-    }
-    let mut out = Vec::with_capacity(b.len() / 4 * 3);
-    for (ci, chunk) in b.chunks(4).enumerate() {
-        let last = ci == b.len() / 4 - 1;
-        let pad = chunk.iter().rev().take_while(|&&c| c == b'=').count();
-        if pad > 2 || (pad > 0 && !last) {
-            return None;
-        }
-        let mut n = 0u32;
-        for &c in &chunk[..4 - pad] {
-            n = (n << 6) | val(c)?;
-        }
-        n <<= 6 * pad as u32;
-        let bytes = [(n >> 16) as u8, (n >> 8) as u8, n as u8];
-        out.extend_from_slice(&bytes[..3 - pad]);
-    }
-    Some(out)
 }
 
 // ---------------------------------------------------------------------------
@@ -2365,22 +2332,6 @@ mod tests {
         ] {
             let err = format!("{:#}", parse_facts(&out).expect_err(name));
             assert!(err.contains(want), "{name}: {err}");
-        }
-    }
-
-    #[test]
-    fn base64_round_trips() {
-        for (enc, dec) in [
-            ("", ""),
-            ("YQ==", "a"),
-            ("YWI=", "ab"),
-            ("YWJj", "abc"),
-            ("aGVsbG8K", "hello\n"),
-        ] {
-            assert_eq!(base64_decode(enc).unwrap(), dec.as_bytes(), "{enc}");
-        }
-        for bad in ["Y", "Y===", "YQ==YQ==", "Y!=="] {
-            assert!(base64_decode(bad).is_none(), "{bad}");
         }
     }
 
