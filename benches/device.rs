@@ -36,9 +36,9 @@ async fn main() {
     let sizes: Vec<usize> = std::env::args().skip(1).filter_map(|a| a.parse().ok()).collect();
     let sizes = if sizes.is_empty() { vec![1, 8] } else { sizes };
     println!(
-        "hosts | first run | SSH execs/host | to all ready | no-change run | SSH execs/host | per 8 hosts"
+        "hosts | first run | SSH execs/host | to all ready | no-change run | SSH execs/host | per 8 hosts | peak RSS first / no-change"
     );
-    println!("---|---|---|---|---|---|---");
+    println!("---|---|---|---|---|---|---|---");
     for n in sizes {
         let fleet = Fleet::start(n, &format!("bench{n}x")).await;
         let names: Vec<String> = fleet.hosts.iter().map(|h| h.name.clone()).collect();
@@ -61,11 +61,13 @@ async fn main() {
         let (fw, fe, _) = figures(&first, first_wall);
         let (aw, ae, _) = figures(&again, again_wall);
         println!(
-            "{n} | {:.2} s | {fe:.1} | {:.2} s | {:.2} s | {ae:.1} | {:.2} s",
+            "{n} | {:.2} s | {fe:.1} | {:.2} s | {:.2} s | {ae:.1} | {:.2} s | {:.1} / {:.1} MiB",
             fw.as_secs_f64(),
             ready.as_secs_f64(),
             aw.as_secs_f64(),
-            aw.as_secs_f64() * 8.0 / n as f64
+            aw.as_secs_f64() * 8.0 / n as f64,
+            first.peak_kib() as f64 / 1024.0,
+            again.peak_kib() as f64 / 1024.0
         );
         fleet.stop().await;
     }

@@ -18,6 +18,7 @@ mod output;
 mod outputs;
 mod pki;
 mod plan;
+mod progress;
 mod secret;
 
 use anyhow::Result;
@@ -306,7 +307,7 @@ async fn run_cloud(cli: &Cli, cmd: &CloudCommand, printer: Printer) -> Result<Ex
     cloud::check(&cmd.only().selection())?;
     let ctx = context(cli, printer).await?;
     let reporter: Box<dyn output::Reporter> = match printer.format {
-        Format::Human => Box::new(output::Terminal(printer)),
+        Format::Human => Box::new(output::Terminal::new(printer)),
         Format::Json => Box::new(output::Quiet),
     };
     match cmd {
@@ -458,7 +459,7 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
                 nomad_servers: nomad_servers.clone(),
                 renew_within_days: *renew_within as i64,
             };
-            let progress = std::sync::Arc::new(output::HostLines(printer));
+            let progress = std::sync::Arc::new(output::HostLines::new(printer));
             let report = device::provision(&ctx, &s, hosts, &p, progress).await?;
             printer.fleet("device provision", &report);
             Ok(if !report.failed().is_empty() {
@@ -490,7 +491,7 @@ async fn run_device(cli: &Cli, cmd: &DeviceCommand, printer: Printer) -> Result<
             let hosts = device::select(&s)?;
             confirm_deprovision(*yes, &hosts)?;
             let ctx = context(cli, printer).await?;
-            let progress = std::sync::Arc::new(output::HostLines(printer));
+            let progress = std::sync::Arc::new(output::HostLines::new(printer));
             let report = device::deprovision(&ctx, &s, hosts, progress).await?;
             printer.fleet("device deprovision", &report);
             Ok(if report.failed().is_empty() {
@@ -615,7 +616,7 @@ async fn job_command(cli: &Cli, cmd: &JobCommand, printer: Printer) -> Result<u8
                 detach: *detach,
                 timeout: *timeout,
             };
-            let report = job::run::run(&ctx, &s, &settings, &output::JobLines(printer)).await?;
+            let report = job::run::run(&ctx, &s, &settings, &output::JobLines::new(printer)).await?;
             printer.job_run(&report);
             Ok(report.outcome.exit_code())
         }

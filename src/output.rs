@@ -4,6 +4,7 @@
 
 use crate::cloud::{Report, StatusRow};
 use crate::plan::{count, Change};
+use crate::progress::{Mode, Waits};
 use serde::Serialize;
 use std::io::{IsTerminal, Write};
 use std::time::Duration;
@@ -21,9 +22,9 @@ pub enum Format {
 pub struct Printer {
     pub format: Format,
     pub color: bool,
-    /// Progress lines only go to a terminal, and not under `-v` where they
-    /// would interleave with logs.
-    pub progress: bool,
+    /// Live on a terminal, plain lines in CI logs, none for JSON or under
+    /// `-v` (where they would interleave with logs).
+    pub progress: Mode,
 }
 
 impl Printer {
@@ -33,7 +34,11 @@ impl Printer {
             format,
             // NO_COLOR counts when set and not empty (no-color.org).
             color: tty && std::env::var_os("NO_COLOR").is_none_or(|v| v.is_empty()),
-            progress: tty && format == Format::Human && verbose == 0,
+            progress: match (format, verbose, tty) {
+                (Format::Json, _, _) | (_, 1.., _) => Mode::Off,
+                (_, _, true) => Mode::Live,
+                (_, _, false) => Mode::Lines,
+            },
         }
     }
 
@@ -192,8 +197,15 @@ pub trait Reporter: Sync {
     fn failed(&self, change: &Change);
 }
 
-/// Human output: the plan to stdout, one stderr line per step.
-pub struct Terminal(pub Printer);
+/// Human output: the plan to stdout, one stderr line per step, its waits
+/// as progress.
+pub struct Terminal(pub Printer, Waits);
+
+impl Terminal {
+    pub fn new(printer: Printer) -> Terminal {
+        Terminal(printer, Waits::new(printer.progress))
+    }
+}
 
 impl Reporter for Terminal {
     fn plan(&self, changes: &[Change]) {
@@ -204,18 +216,15 @@ impl Reporter for Terminal {
     }
 
     fn started(&self, change: &Change) {
-        if self.0.progress {
-            eprintln!("  {} {}...", ing(change), change.address);
-        }
+        self.1.line(&format!("  {} {}...", ing(change), change.address));
     }
 
     fn waiting(&self, change: &Change, what: &str) {
-        if self.0.progress {
-            eprintln!("  {}: {what}", change.address);
-        }
+        self.1.wait(&change.address, what);
     }
 
     fn finished(&self, change: &Change, elapsed: Duration) {
+        self.1.done(&change.address);
         self.0.out(&format!(
             "  {} {} ({:.1}s)",
             change.action.done(),
@@ -225,6 +234,7 @@ impl Reporter for Terminal {
     }
 
     fn failed(&self, change: &Change) {
+        self.1.done(&change.address);
         eprintln!("  {} {}: failed", ing(change), change.address);
     }
 }
@@ -250,14 +260,19 @@ impl Reporter for Quiet {
     fn failed(&self, _: &Change) {}
 }
 
-/// Live per-host lines on stderr during a fleet run (terminal only).
-pub struct HostLines(pub Printer);
+/// Per-host lines on stderr during a fleet run.
+pub struct HostLines(pub Printer, Waits);
+
+impl HostLines {
+    pub fn new(printer: Printer) -> HostLines {
+        HostLines(printer, Waits::new(printer.progress))
+    }
+}
 
 impl crate::device::Progress for HostLines {
     fn host(&self, host: &str, line: &str) {
-        if self.0.progress {
-            eprintln!("{} {line}", self.0.paint("1", &format!("{host}:")));
-        }
+        self.1
+            .line(&format!("{} {line}", self.0.paint("1", &format!("{host}:"))));
     }
 }
 
@@ -387,13 +402,24 @@ fn table_text<const N: usize>(header: &[String; N], rows: &[[String; N]]) -> Str
     s.trim_end().to_string()
 }
 
-/// Live lines of a `job run` on stderr (terminal only, as [`HostLines`]).
-pub struct JobLines(pub Printer);
+/// Events of a `job run` on stderr, and its wait for the deployment.
+pub struct JobLines(Waits);
+
+impl JobLines {
+    pub fn new(printer: Printer) -> JobLines {
+        JobLines(Waits::new(printer.progress))
+    }
+}
 
 impl crate::job::Progress for JobLines {
     fn line(&self, line: &str) {
-        if self.0.progress {
-            eprintln!("  {line}");
+        self.0.line(&format!("  {line}"));
+    }
+
+    fn waiting(&self, what: Option<&str>) {
+        match what {
+            Some(what) => self.0.wait("job", what),
+            None => self.0.done("job"),
         }
     }
 }
@@ -611,7 +637,7 @@ mod tests {
         Printer {
             format: Format::Human,
             color: false,
-            progress: false,
+            progress: Mode::Off,
         }
     }
 

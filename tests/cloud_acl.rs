@@ -116,7 +116,7 @@ async fn finish(child: tokio::process::Child) -> Run {
         .await
         .expect("cloud up finishes in time")
         .expect("edgectl runs");
-    Run(out)
+    Run(out, None)
 }
 
 async fn edgectl_with(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> Run {
@@ -126,7 +126,7 @@ async fn edgectl_with(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> Run
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Run(cmd.output().await.expect("edgectl runs"))
+    common::run(cmd).await
 }
 
 fn server_opts(ports: &[Ports], i: usize) -> ServerOpts {

@@ -16,106 +16,18 @@ mod common;
 use aws_sdk_ec2::types::{Filter, HttpTokensState, Instance, VolumeType};
 use aws_sdk_elasticloadbalancingv2::types::{LoadBalancerSchemeEnum, LoadBalancerTypeEnum, ProtocolEnum};
 use base64::Engine;
+use common::whole_cloud::{command, first_up, LOCALHOST, UP_TIMEOUT};
 use common::{ssm, Run, Stand};
 use std::collections::BTreeSet;
-use std::net::{IpAddr, Ipv4Addr};
-use std::time::{Duration, Instant};
-use testkit::nomad::{GivenTls, NomadServer, Ports, ServerOpts};
-use testkit::pca::Issued;
+use std::time::Instant;
+use testkit::nomad::Ports;
 
-const LOCALHOST: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
-/// A whole `cloud up` on a busy two-core machine.
-const UP_TIMEOUT: Duration = Duration::from_secs(300);
 const ENDPOINT: &str = "/infrastructure/nomad/endpoint";
-const CERTS: [&str; 5] = [
-    "/infrastructure/certificates/ca-caCertificate",
-    "/infrastructure/certificates/nomad-server-eu-west-1-Certificate",
-    "/infrastructure/certificates/nomad-server-eu-west-1-PrivateKey",
-    "/infrastructure/certificates/nomad-cli-eu-west-1-Certificate",
-    "/infrastructure/certificates/nomad-cli-eu-west-1-PrivateKey",
-];
-
-/// Runs edgectl with the stand's environment plus `env`.
-fn command(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> tokio::process::Command {
-    let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgectl"));
-    cmd.arg("--config").arg(stand.config_path()).args(args);
-    stand.env(&mut cmd);
-    for (k, v) in env {
-        cmd.env(k, v);
-    }
-    cmd
-}
 
 async fn run(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> Run {
-    let out = tokio::time::timeout(UP_TIMEOUT, command(stand, args, env).output())
+    tokio::time::timeout(UP_TIMEOUT, common::run(command(stand, args, env)))
         .await
         .unwrap_or_else(|_| panic!("edgectl {args:?} finishes in time"))
-        .expect("edgectl runs");
-    Run(out)
-}
-
-/// The first `cloud up`: it makes the certificates, then waits for Nomad
-/// at NOMAD_ADDR, which the test starts with those certificates.
-async fn first_up(stand: &Stand, env: &[(&str, &str)], ports: Ports) -> (Run, NomadServer) {
-    let mut child = command(stand, &["cloud", "up"], env)
-        .stdout(std::process::Stdio::piped())
-        .stderr(std::process::Stdio::piped())
-        .kill_on_drop(true)
-        .spawn()
-        .expect("edgectl starts");
-    let deadline = Instant::now() + UP_TIMEOUT;
-    let pems = loop {
-        let mut got = Vec::new();
-        for name in CERTS {
-            match ssm(stand, name).await {
-                Some(v) => got.push(v),
-                None => break,
-            }
-        }
-        if got.len() == CERTS.len() {
-            break got;
-        }
-        if child.try_wait().unwrap().is_some() {
-            let out = child.wait_with_output().await.unwrap();
-            panic!(
-                "edgectl ended before the certificates were in SSM:\n{}\n--- stderr\n{}",
-                String::from_utf8_lossy(&out.stdout),
-                String::from_utf8_lossy(&out.stderr)
-            );
-        }
-        assert!(
-            Instant::now() < deadline,
-            "no certificates in SSM after {UP_TIMEOUT:?}"
-        );
-        tokio::time::sleep(Duration::from_millis(250)).await;
-    };
-    let issued = |cert: &str, key: &str| Issued {
-        cert_pem: cert.to_string(),
-        chain_pem: pems[0].clone(),
-        key_pem: key.to_string(),
-        serial_hex: String::new(),
-    };
-    let tls = GivenTls {
-        ca_pem: pems[0].clone(),
-        server: issued(&pems[1], &pems[2]),
-        cli: issued(&pems[3], &pems[4]),
-        region: "eu-west-1".into(),
-    };
-    let nomad = NomadServer::spawn_with_tls(
-        tls,
-        ServerOpts {
-            bind: LOCALHOST,
-            ports: Some(ports),
-            ..ServerOpts::default()
-        },
-    )
-    .await
-    .expect("nomad starts");
-    let out = tokio::time::timeout(UP_TIMEOUT, child.wait_with_output())
-        .await
-        .expect("cloud up finishes in time")
-        .expect("edgectl runs");
-    (Run(out), nomad)
 }
 
 fn tag<'a>(i: &'a Instance, key: &str) -> Option<&'a str> {
@@ -403,7 +315,8 @@ async fn up_builds_ingress_and_servers_replaces_what_is_gone_and_down_removes_th
     assert!(stand.writes().is_empty(), "plan wrote: {:?}", stand.writes());
 
     stand.sim.reset_requests();
-    let (up, _nomad) = first_up(&stand, &env, ports).await;
+    let (up, _nomad) = first_up(&stand, &["cloud", "up"], &env, ports).await;
+    let up = up.run;
     up.expect(0);
     let first_up_requests = stand.sim.requests().len();
     let writes = stand.writes();

@@ -132,7 +132,7 @@ fn publish_offline(dir: &Path, docker: Option<&Path>, path: &Path, args: &[&str]
     if let Some(d) = docker {
         cmd.env("EDGECTL_DOCKER", d);
     }
-    Run(cmd.output().expect("edgectl runs"))
+    Run(cmd.output().expect("edgectl runs"), None)
 }
 
 /// `edgectl image publish ARGS` against the stand, with this docker.
@@ -144,7 +144,7 @@ async fn publish(stand: &Stand, docker: &Path, args: &[&str]) -> Run {
         .args(args);
     stand.env(&mut cmd);
     cmd.env("EDGECTL_DOCKER", docker);
-    Run(cmd.output().await.expect("edgectl runs"))
+    common::run(cmd).await
 }
 
 #[test]

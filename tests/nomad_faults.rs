@@ -309,7 +309,7 @@ async fn edgectl_with(stand: &Stand, args: &[&str], env: &[(&str, &str)]) -> Run
     for (k, v) in env {
         cmd.env(k, v);
     }
-    Run(cmd.output().await.expect("edgectl runs"))
+    common::run(cmd).await
 }
 
 fn show(r: &Run) -> String {

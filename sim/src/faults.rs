@@ -120,6 +120,10 @@ pub(crate) struct Faults {
     /// Bumped by `unfreeze_discarding`: requests held across a bump are
     /// dropped instead of going on.
     pub(crate) discard_generation: AtomicU64,
+    /// Set by `unfreeze_discarding` until `resume`: requests past the freeze
+    /// point are dropped at once, including ones a killed client had sent
+    /// that are read only now.
+    pub(crate) discarding: std::sync::atomic::AtomicBool,
 }
 
 impl Default for Faults {
@@ -131,6 +135,7 @@ impl Default for Faults {
             retries: AtomicUsize::new(0),
             freeze_at: AtomicU64::new(u64::MAX),
             discard_generation: AtomicU64::new(0),
+            discarding: Default::default(),
         }
     }
 }

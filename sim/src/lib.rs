@@ -182,15 +182,25 @@ impl SimHandle {
         self.state.holds.send_modify(|_| {});
     }
 
-    /// Ends a freeze and drops every request held right now (by the freeze,
-    /// or by [`SimHandle::hold`] once released) without forwarding it (connection closed, logged with status 0): for
-    /// a test that killed the client, so nothing past the Nth request ever
-    /// reaches moto.
+    /// Drops every request held right now (by the freeze, or by
+    /// [`SimHandle::hold`] once released) without forwarding it (connection
+    /// closed, logged with status 0), and every later one past the freeze
+    /// point until [`SimHandle::resume`]: for a test that killed the client,
+    /// so nothing past the Nth request ever reaches moto, not even a request
+    /// the client sent before dying that is read only now.
     pub fn unfreeze_discarding(&self) {
+        use std::sync::atomic::Ordering::SeqCst;
+        self.state.faults.discarding.store(true, SeqCst);
+        self.state.faults.discard_generation.fetch_add(1, SeqCst);
+        self.state.holds.send_modify(|_| {});
+    }
+
+    /// Ends [`SimHandle::unfreeze_discarding`]: requests go through again.
+    pub fn resume(&self) {
         self.state
             .faults
-            .discard_generation
-            .fetch_add(1, std::sync::atomic::Ordering::SeqCst);
+            .discarding
+            .store(false, std::sync::atomic::Ordering::SeqCst);
         self.unfreeze();
     }
 

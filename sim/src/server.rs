@@ -106,9 +106,10 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
     .action();
     let seq = state.faults.seen.fetch_add(1, Ordering::SeqCst) as u64;
     let frozen = || seq >= state.faults.freeze_at.load(Ordering::SeqCst);
+    let discarding = || frozen() && state.faults.discarding.load(Ordering::SeqCst);
     let mut holds = state.holds.subscribe();
-    let mut discarded = false;
-    if frozen() || holds.borrow().contains(&action) {
+    let mut discarded = discarding();
+    if !discarded && (frozen() || holds.borrow().contains(&action)) {
         let generation = state.faults.discard_generation.load(Ordering::SeqCst);
         // A guard, not a decrement after the loop: hyper drops this future
         // when the client goes away (a killed edgectl), and `held` must
@@ -116,12 +117,12 @@ async fn handle(state: Arc<State>, req: Request<Incoming>) -> Result<Response<Bo
         let _held = HeldGuard::new(&state.held);
         // Mark the current version seen before checking, so `changed`
         // only wakes us for a newer one.
-        while holds.borrow_and_update().contains(&action) || frozen() {
+        while (holds.borrow_and_update().contains(&action) || frozen()) && !discarding() {
             if holds.changed().await.is_err() {
                 break;
             }
         }
-        discarded = state.faults.discard_generation.load(Ordering::SeqCst) != generation;
+        discarded = discarding() || state.faults.discard_generation.load(Ordering::SeqCst) != generation;
     }
     if discarded {
         // `unfreeze_discarding`: as if the client had never sent it.

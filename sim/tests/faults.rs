@@ -180,3 +180,27 @@ async fn freeze_after_holds_every_request_past_the_nth() {
     assert_eq!(w.sim.held(), 0);
     assert_eq!(w.sim.seen(), 2);
 }
+
+/// After a kill: held requests are dropped, and so is a request that
+/// arrives later (one the dead client had sent), until `resume`.
+#[tokio::test]
+async fn discarding_drops_held_and_late_requests_until_resumed() {
+    let w = world().await;
+    let sts = aws_sdk_iam::Client::new(&w.cfg);
+    w.sim.freeze_after(0);
+    let held = tokio::spawn({
+        let c = sts.clone();
+        async move { c.list_roles().send().await }
+    });
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while w.sim.held() == 0 {
+        assert!(Instant::now() < deadline, "the request was not held");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    w.sim.unfreeze_discarding();
+    assert!(held.await.unwrap().is_err(), "a held request is dropped");
+    assert!(sts.list_roles().send().await.is_err(), "a late one too");
+    assert_eq!(w.sim.held(), 0);
+    w.sim.resume();
+    sts.list_roles().send().await.expect("requests go through again");
+}

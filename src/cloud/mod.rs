@@ -328,18 +328,30 @@ pub async fn plan(ctx: &Ctx, only: &Selection) -> Result<Report> {
     Ok(report(ctx, plan_all(ctx, &world), Vec::new()))
 }
 
-/// Observe, show the plan, apply exactly that. An empty plan makes no
-/// write call at all.
+/// Passes of `up` after the first: each observes again what the previous
+/// one changed. A write whose answer was lost and that the SDK repeated can
+/// leave a twin that only a fresh look shows (a Cognito pool or client has
+/// no idempotency token; not every endpoint honours the ones we send).
+const RECHECKS: usize = 2;
+
+/// Observe, show the plan, apply exactly that, then look again until
+/// nothing is left to do. An empty plan makes no write call at all.
 pub async fn up(ctx: &Ctx, only: &Selection, reporter: &dyn Reporter) -> Result<Report> {
-    let world = observe_all(ctx, selected(only, false)?).await?;
-    let planned = plan_all(ctx, &world);
-    reporter.plan(&planned);
-    let applied = if planned.is_empty() {
-        Vec::new()
-    } else {
+    let mut planned = Vec::new();
+    let mut applied = Vec::new();
+    for pass in 0..=RECHECKS {
+        let world = observe_all(ctx, selected(only, false)?).await?;
+        let mut changes = plan_all(ctx, &world);
+        if pass == 0 || !changes.is_empty() {
+            reporter.plan(&changes);
+        }
+        if changes.is_empty() {
+            break;
+        }
         let order = Order::new(&world);
-        apply_all(ctx, world, &order.needs, false, reporter).await?
-    };
+        applied.append(&mut apply_all(ctx, world, &order.needs, false, reporter).await?);
+        planned.append(&mut changes);
+    }
     Ok(report(ctx, planned, applied))
 }
 

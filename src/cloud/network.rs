@@ -504,15 +504,26 @@ async fn observe_eips(ctx: &Ctx) -> Result<Vec<Eip>> {
             Some(Eip {
                 allocation_id: a.allocation_id()?.to_string(),
                 public_ip: a.public_ip().unwrap_or_default().to_string(),
-                associated: a.association_id().is_some() || a.network_interface_id().is_some(),
+                associated: non_empty(a.association_id())
+                    .or(non_empty(a.network_interface_id()))
+                    .is_some(),
             })
         })
         .collect())
 }
 
-async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>)> {
+/// An id that names something: moto answers `""` for "none" (e.g. an
+/// address's interface once it has been freed).
+fn non_empty(id: Option<&str>) -> Option<&str> {
+    id.filter(|s| !s.is_empty())
+}
+
+/// Live NAT gateways, ids of dead ones, and the Elastic IPs the dead ones
+/// still name.
+async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<String>)> {
     let mut live = Vec::new();
     let mut dead = Vec::new();
+    let mut dead_eips = Vec::new();
     let mut pages = ec2(ctx)
         .describe_nat_gateways()
         .filter(tag_filter(ctx))
@@ -525,6 +536,10 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>)> {
                 continue;
             }
             let id = n.nat_gateway_id().context("NAT gateway without id")?.to_string();
+            let allocation_id = n
+                .nat_gateway_addresses()
+                .iter()
+                .find_map(|a| a.allocation_id().map(str::to_string));
             let state = match n.state() {
                 Some(NatGatewayState::Pending) => NatState::Pending,
                 Some(NatGatewayState::Available) => NatState::Available,
@@ -532,6 +547,7 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>)> {
                 Some(NatGatewayState::Failed) => NatState::Failed,
                 _ => {
                     dead.push(id);
+                    dead_eips.extend(allocation_id);
                     continue;
                 }
             };
@@ -543,15 +559,27 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>)> {
                 state,
                 vpc_id: n.vpc_id().unwrap_or_default().to_string(),
                 subnet_id: n.subnet_id().unwrap_or_default().to_string(),
-                allocation_id: n
-                    .nat_gateway_addresses()
-                    .iter()
-                    .find_map(|a| a.allocation_id().map(str::to_string)),
+                allocation_id,
             });
         }
     }
     dead.sort();
-    Ok((live, dead))
+    Ok((live, dead, dead_eips))
+}
+
+/// AWS frees a deleted NAT gateway's address; some endpoints (moto) keep
+/// it associated with the dead gateway's interface forever, which would keep
+/// it from ever being released. An address only a dead gateway names is
+/// unused.
+fn release_eips_of_dead_nats(eips: &mut [Eip], live: &[Nat], dead_eips: &[String]) {
+    for e in eips.iter_mut() {
+        let held_by_live = live
+            .iter()
+            .any(|n| n.allocation_id.as_deref() == Some(e.allocation_id.as_str()));
+        if e.associated && !held_by_live && dead_eips.contains(&e.allocation_id) {
+            e.associated = false;
+        }
+    }
 }
 
 async fn observe_route_tables(ctx: &Ctx) -> Result<Vec<RouteTable>> {
@@ -577,13 +605,16 @@ async fn observe_route_tables(ctx: &Ctx) -> Result<Vec<RouteTable>> {
                     .filter_map(|r| {
                         Some(Route {
                             destination: r.destination_cidr_block()?.to_string(),
-                            target: r
-                                .nat_gateway_id()
-                                .or(r.gateway_id())
-                                .or(r.network_interface_id())
-                                .or(r.transit_gateway_id())
-                                .or(r.vpc_peering_connection_id())
-                                .map(str::to_string),
+                            target: [
+                                r.nat_gateway_id(),
+                                r.gateway_id(),
+                                r.network_interface_id(),
+                                r.transit_gateway_id(),
+                                r.vpc_peering_connection_id(),
+                            ]
+                            .into_iter()
+                            .find_map(non_empty)
+                            .map(str::to_string),
                             blackhole: r.state() == Some(&RouteState::Blackhole),
                         })
                     })
@@ -1872,7 +1903,7 @@ impl Component for Network {
     }
 
     async fn observe(&self, ctx: &Ctx) -> Result<Observed> {
-        let (azs, vpcs, subnets, igws, eips, (nats, dead_nats), route_tables, sgs) = tokio::try_join!(
+        let (azs, vpcs, subnets, igws, mut eips, (nats, dead_nats, dead_eips), route_tables, sgs) = tokio::try_join!(
             observe_azs(ctx),
             observe_vpcs(ctx),
             observe_subnets(ctx),
@@ -1882,6 +1913,7 @@ impl Component for Network {
             observe_route_tables(ctx),
             observe_sgs(ctx),
         )?;
+        release_eips_of_dead_nats(&mut eips, &nats, &dead_eips);
         Ok(Observed {
             deployment: ctx.deployment.clone(),
             azs,
@@ -2328,6 +2360,23 @@ mod tests {
         assert_eq!(o.vpc().unwrap().id, "vpc-1", "the VPC with our subnets wins");
         let s = summary(&plan_up(&desired(), &o));
         assert_eq!(s, ["- network/vpc#vpc-0", "- network/nat-eip#eipalloc-2"]);
+    }
+
+    #[test]
+    fn the_address_of_a_deleted_twin_nat_is_released() {
+        let mut o = complete();
+        // The twin's address still shows associated with its dead gateway.
+        o.eips.push(Eip {
+            allocation_id: "eipalloc-2".into(),
+            public_ip: "203.0.113.8".into(),
+            associated: true,
+        });
+        let dead = ["eipalloc-2".to_string(), "eipalloc-1".to_string()];
+        let live = o.nats.clone();
+        release_eips_of_dead_nats(&mut o.eips, &live, &dead);
+        assert!(o.eips[0].associated, "the live gateway's address stays in use");
+        let s = summary(&plan_up(&desired(), &o));
+        assert_eq!(s, ["- network/nat-eip#eipalloc-2"]);
     }
 
     #[test]

@@ -25,6 +25,8 @@ pub use status::{StatusReport, StopReport};
 /// Live progress of a job run (stderr lines on a terminal; nothing in JSON).
 pub trait Progress: Sync {
     fn line(&self, line: &str);
+    /// What the run is waiting for now; `None` when it stops waiting.
+    fn waiting(&self, _what: Option<&str>) {}
 }
 
 /// What names the job and the values of its variables, as given on the

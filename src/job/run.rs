@@ -249,7 +249,9 @@ pub async fn run(
         report.timings.evaluation_ms = ms(t.elapsed());
         if report.outcome != Outcome::TimedOut && report.placement_failures.is_empty() {
             let t = Instant::now();
-            follow_deployment(&c, &id, deployment_id, &mut clock, &mut report, progress).await?;
+            let followed = follow_deployment(&c, &id, deployment_id, &mut clock, &mut report, progress).await;
+            progress.waiting(None);
+            followed?;
             report.timings.deployment_ms = ms(t.elapsed());
         }
     }
@@ -382,6 +384,10 @@ async fn follow_deployment(
             report.waiting_for = Some(format!("deployment {id} ({shown})"));
             return Ok(());
         };
+        if !shown.is_empty() {
+            let what = if rolling_back { "rollback" } else { "deployment" };
+            progress.waiting(Some(&format!("{what} {}: {shown}", short(&id))));
+        }
         let t = Instant::now();
         let (d, idx) = jobs::deployment(c, &id, index, wait).await?;
         if index > 0 {

@@ -216,7 +216,7 @@ impl Fleet {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Run(cmd.output().await.expect("edgectl runs"))
+        super::run(cmd).await
     }
 
     pub fn api(&self) -> NomadHttp {
@@ -296,6 +296,6 @@ impl Fleet {
         for (k, v) in env {
             cmd.env(k, v);
         }
-        Run(cmd.output().await.expect("edgectl runs"))
+        super::run(cmd).await
     }
 }

@@ -74,7 +74,7 @@ impl Stand {
         let mut cmd = tokio::process::Command::new(env!("CARGO_BIN_EXE_edgectl"));
         cmd.arg("--config").arg(self.config_path()).args(args);
         self.env(&mut cmd);
-        Run(cmd.output().await.expect("edgectl runs"))
+        run(cmd).await
     }
 
     pub fn env(&self, cmd: &mut tokio::process::Command) {
@@ -106,8 +106,97 @@ impl Stand {
     }
 }
 
-/// The result of one edgectl run, with assertions that print everything on failure.
-pub struct Run(pub Output);
+/// The result of one edgectl run, with assertions that print everything on
+/// failure, and its peak resident memory where [`run`] measured it.
+pub struct Run(pub Output, pub Option<u64>);
+
+/// Runs `cmd` to the end (stdin empty, output captured) and measures its
+/// peak RSS with `wait4`, which `Command::output` cannot report.
+pub async fn run(cmd: tokio::process::Command) -> Run {
+    spawn_timed(cmd).await.expect("run task").run
+}
+
+/// A finished run and when each of its output lines appeared (offset from
+/// the start, stdout or stderr, the line).
+pub struct Timed {
+    pub run: Run,
+    pub lines: Vec<(std::time::Duration, Stream, String)>,
+}
+
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub enum Stream {
+    Stdout,
+    Stderr,
+}
+
+/// Starts `cmd` (stdin empty, output captured line by line with the time
+/// each line arrived) on a blocking thread; the handle yields it finished,
+/// with its peak RSS from `wait4`.
+pub fn spawn_timed(mut cmd: tokio::process::Command) -> tokio::task::JoinHandle<Timed> {
+    let cmd = std::mem::replace(cmd.as_std_mut(), std::process::Command::new("true"));
+    tokio::task::spawn_blocking(move || run_timed(cmd))
+}
+
+fn run_timed(mut cmd: std::process::Command) -> Timed {
+    use std::io::{BufRead, BufReader, Read};
+    use std::os::unix::process::ExitStatusExt;
+    use std::process::Stdio;
+    use std::sync::{Arc, Mutex};
+    let started = std::time::Instant::now();
+    #[allow(clippy::zombie_processes)] // reaped by wait4 below
+    let mut child = cmd
+        .stdin(Stdio::null())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .spawn()
+        .expect("edgectl runs");
+    let lines = Arc::new(Mutex::new(Vec::new()));
+    let reader = |pipe: Box<dyn Read + Send>, stream: Stream| {
+        let lines = Arc::clone(&lines);
+        std::thread::spawn(move || {
+            let mut all = Vec::new();
+            let mut pipe = BufReader::new(pipe);
+            loop {
+                let mut line = Vec::new();
+                match pipe.read_until(b'\n', &mut line) {
+                    Ok(0) | Err(_) => break,
+                    Ok(_) => {
+                        let text = String::from_utf8_lossy(&line).trim_end().to_string();
+                        lines.lock().unwrap().push((started.elapsed(), stream, text));
+                        all.extend_from_slice(&line);
+                    }
+                }
+            }
+            all
+        })
+    };
+    let out = reader(
+        Box::new(child.stdout.take().expect("stdout pipe")),
+        Stream::Stdout,
+    );
+    let err = reader(
+        Box::new(child.stderr.take().expect("stderr pipe")),
+        Stream::Stderr,
+    );
+    let stdout = out.join().expect("stdout reader");
+    let stderr = err.join().expect("stderr reader");
+    let pid = child.id() as libc::pid_t;
+    let mut status = 0;
+    // SAFETY: rusage is plain data; wait4 fills it for our own child.
+    let mut usage: libc::rusage = unsafe { std::mem::zeroed() };
+    let reaped = unsafe { libc::wait4(pid, &mut status, 0, &mut usage) };
+    assert_eq!(reaped, pid, "wait4: {}", std::io::Error::last_os_error());
+    let output = Output {
+        status: std::process::ExitStatus::from_raw(status),
+        stdout,
+        stderr,
+    };
+    let lines = std::mem::take(&mut *lines.lock().unwrap());
+    Timed {
+        run: Run(output, Some(usage.ru_maxrss as u64)),
+        lines,
+    }
+}
 
 impl Run {
     pub fn code(&self) -> i32 {
@@ -133,6 +222,11 @@ impl Run {
         self
     }
 
+    /// Peak resident memory in KiB, where measured.
+    pub fn peak_kib(&self) -> u64 {
+        self.1.expect("run without a memory measurement")
+    }
+
     pub fn json(&self) -> serde_json::Value {
         serde_json::from_str(&self.stdout()).unwrap_or_else(|e| panic!("not JSON ({e}):\n{}", self.stdout()))
     }
@@ -153,7 +247,7 @@ pub fn edgectl_offline(dir: &Path, args: &[&str]) -> Run {
         .env("AWS_SECRET_ACCESS_KEY", "testing")
         .output()
         .expect("edgectl runs");
-    Run(out)
+    Run(out, None)
 }
 
 /// Everything in the account that still carries a deployment's tag (or
@@ -429,3 +523,4 @@ pub async fn leftovers(stand: &Stand, deployment: &str) -> Vec<String> {
     left
 }
 pub mod devices;
+pub mod whole_cloud;
