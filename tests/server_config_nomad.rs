@@ -14,16 +14,16 @@
 #[allow(dead_code)] // user data and unit rendering: tested in the module itself
 mod server_config;
 
-use std::collections::BTreeMap;
 use std::net::{IpAddr, Ipv4Addr, SocketAddr};
 
 use aws_config::SdkConfig;
-use hcl::{Attribute, Block, Body, Expression, Structure};
+use hcl::{Body, Structure};
 use serde_json::Value;
 use server_config::{render_server_hcl, ServerConfigInputs};
 use testkit::moto::Moto;
 use testkit::nomad::{NomadServer, Ports, ServerFiles, LEADER_TIMEOUT};
 use testkit::pca::TestCa;
+use testkit::server_hcl::{self, flatten, ADDED, REPLACED};
 
 const LOOPBACK: IpAddr = IpAddr::V4(Ipv4Addr::LOCALHOST);
 
@@ -46,136 +46,15 @@ fn inputs(instance_count: u8) -> ServerConfigInputs {
     }
 }
 
-// ---- the test's substitutions ---------------------------------------------
+// ---- the test's substitutions: testkit::server_hcl ------------------------
 
-/// Keys of the render the test replaces: addresses, local paths, and the
-/// join method (`provider=aws …` → the servers' loopback serf addresses).
-const REPLACED: &[&str] = &[
-    "bind_addr",
-    "data_dir",
-    "advertise.http",
-    "advertise.rpc",
-    "server.server_join.retry_join",
-    "tls.ca_file",
-    "tls.cert_file",
-    "tls.key_file",
-];
-
-/// Keys the test adds because this is one machine, not one per server:
-/// distinct node names and ports, serf advertised on loopback (Nomad refuses
-/// to default its advertise address to loopback), and a short join retry.
-const ADDED: &[&str] = &[
-    "name",
-    "ports",
-    "ports.http",
-    "ports.rpc",
-    "ports.serf",
-    "advertise.serf",
-    "server.server_join.retry_interval",
-];
-
-/// edgectl's rendered `server.hcl`, with this machine's addresses, paths and
-/// join list instead of the instance's; every other key as rendered.
 fn localize(rendered: &str, files: &ServerFiles, join: &[String]) -> String {
-    let mut body: Body = hcl::from_str(rendered).expect("edgectl's server.hcl parses");
-    let at = |port: u16| SocketAddr::new(files.bind, port).to_string();
-    let path = |p: &std::path::Path| p.to_str().expect("a UTF-8 temp path").to_string();
-    let replace = |body: &mut Body, key: &str, value: Expression| {
-        let attr = attribute_mut(body, key).unwrap_or_else(|| panic!("the render has no `{key}`"));
-        attr.expr = value;
-    };
-    replace(&mut body, "bind_addr", files.bind.to_string().into());
-    replace(&mut body, "data_dir", path(&files.data_dir).into());
-    replace(&mut body, "advertise.http", at(files.ports.http).into());
-    replace(&mut body, "advertise.rpc", at(files.ports.rpc).into());
-    replace(
-        &mut body,
-        "server.server_join.retry_join",
-        Expression::Array(join.iter().map(|a| a.as_str().into()).collect()),
-    );
-    replace(&mut body, "tls.ca_file", path(&files.ca_file).into());
-    replace(&mut body, "tls.cert_file", path(&files.cert_file).into());
-    replace(&mut body, "tls.key_file", path(&files.key_file).into());
-
-    body.0
-        .push(Structure::Attribute(Attribute::new("name", files.name.as_str())));
-    body.0.push(Structure::Block(
-        Block::builder("ports")
-            .add_attribute(("http", files.ports.http))
-            .add_attribute(("rpc", files.ports.rpc))
-            .add_attribute(("serf", files.ports.serf))
-            .build(),
-    ));
-    block_mut(&mut body, "advertise")
-        .expect("the render has an advertise block")
-        .body
-        .0
-        .push(Structure::Attribute(Attribute::new("serf", at(files.ports.serf))));
-    block_mut(&mut body, "server.server_join")
-        .expect("the render has server.server_join")
-        .body
-        .0
-        .push(Structure::Attribute(Attribute::new("retry_interval", "1s")));
-    hcl::to_string(&body).expect("HCL serializes")
+    server_hcl::localize(rendered, files, join).expect("localizing edgectl's server.hcl")
 }
 
-/// Fails unless `local` differs from `rendered` only in [`REPLACED`] and
-/// [`ADDED`] keys.
 fn assert_only_local_changes(rendered: &str, local: &str) {
-    let before = flatten(&hcl::from_str(rendered).expect("render parses"));
-    let after = flatten(&hcl::from_str(local).expect("localized config parses"));
-    for (key, value) in &before {
-        if REPLACED.contains(&key.as_str()) {
-            assert!(after.contains_key(key), "`{key}` was dropped, not replaced");
-        } else {
-            assert_eq!(after.get(key), Some(value), "`{key}` changed; only addresses may");
-        }
-    }
-    for key in after.keys().filter(|k| !before.contains_key(*k)) {
-        assert!(
-            ADDED.contains(&key.as_str()),
-            "`{key}` was added; only addresses may be"
-        );
-    }
-}
-
-/// Every attribute and block of `body` by dotted path (blocks as `Null`).
-fn flatten(body: &Body) -> BTreeMap<String, Expression> {
-    fn walk(prefix: &str, body: &Body, out: &mut BTreeMap<String, Expression>) {
-        for a in body.attributes() {
-            out.insert(format!("{prefix}{}", a.key()), a.expr().clone());
-        }
-        for b in body.blocks() {
-            let mut name = format!("{prefix}{}", b.identifier());
-            for l in b.labels() {
-                name.push_str(&format!(".{}", l.as_str()));
-            }
-            out.insert(name.clone(), Expression::Null);
-            walk(&format!("{name}."), b.body(), out);
-        }
-    }
-    let mut out = BTreeMap::new();
-    walk("", body, &mut out);
-    out
-}
-
-fn block_mut<'a>(body: &'a mut Body, path: &str) -> Option<&'a mut Block> {
-    let mut parts = path.split('.');
-    let first = parts.next()?;
-    let mut block = body.blocks_mut().find(|b| b.identifier() == first)?;
-    for part in parts {
-        block = block.body.blocks_mut().find(|b| b.identifier() == part)?;
-    }
-    Some(block)
-}
-
-fn attribute_mut<'a>(body: &'a mut Body, path: &str) -> Option<&'a mut Attribute> {
-    match path.rsplit_once('.') {
-        None => body.attributes_mut().find(|a| a.key() == path),
-        Some((blocks, key)) => block_mut(body, blocks)?
-            .body
-            .attributes_mut()
-            .find(|a| a.key() == key),
+    if let Err(e) = server_hcl::only_local_changes(rendered, local) {
+        panic!("{e}");
     }
 }
 

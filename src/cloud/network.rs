@@ -222,6 +222,9 @@ pub struct Eip {
     pub allocation_id: String,
     pub public_ip: String,
     pub associated: bool,
+    /// An association left by a deleted NAT gateway (see
+    /// [`release_eips_of_dead_nats`]): undone before the address is reused.
+    pub stale_association: Option<String>,
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -507,6 +510,7 @@ async fn observe_eips(ctx: &Ctx) -> Result<Vec<Eip>> {
                 associated: non_empty(a.association_id())
                     .or(non_empty(a.network_interface_id()))
                     .is_some(),
+                stale_association: None,
             })
         })
         .collect())
@@ -519,8 +523,9 @@ fn non_empty(id: Option<&str>) -> Option<&str> {
 }
 
 /// Live NAT gateways, ids of dead ones, and the Elastic IPs the dead ones
-/// still name.
-async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<String>)> {
+/// still name (allocation, association).
+#[allow(clippy::type_complexity)]
+async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<(String, Option<String>)>)> {
     let mut live = Vec::new();
     let mut dead = Vec::new();
     let mut dead_eips = Vec::new();
@@ -536,10 +541,14 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<String>)>
                 continue;
             }
             let id = n.nat_gateway_id().context("NAT gateway without id")?.to_string();
-            let allocation_id = n
+            let address = n
                 .nat_gateway_addresses()
                 .iter()
-                .find_map(|a| a.allocation_id().map(str::to_string));
+                .find(|a| a.allocation_id().is_some());
+            let allocation_id = address.and_then(|a| a.allocation_id()).map(str::to_string);
+            let association = address
+                .and_then(|a| non_empty(a.association_id()))
+                .map(str::to_string);
             let state = match n.state() {
                 Some(NatGatewayState::Pending) => NatState::Pending,
                 Some(NatGatewayState::Available) => NatState::Available,
@@ -547,7 +556,7 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<String>)>
                 Some(NatGatewayState::Failed) => NatState::Failed,
                 _ => {
                     dead.push(id);
-                    dead_eips.extend(allocation_id);
+                    dead_eips.extend(allocation_id.map(|a| (a, association)));
                     continue;
                 }
             };
@@ -571,13 +580,15 @@ async fn observe_nats(ctx: &Ctx) -> Result<(Vec<Nat>, Vec<String>, Vec<String>)>
 /// it associated with the dead gateway's interface forever, which would keep
 /// it from ever being released. An address only a dead gateway names is
 /// unused.
-fn release_eips_of_dead_nats(eips: &mut [Eip], live: &[Nat], dead_eips: &[String]) {
+fn release_eips_of_dead_nats(eips: &mut [Eip], live: &[Nat], dead_eips: &[(String, Option<String>)]) {
     for e in eips.iter_mut() {
         let held_by_live = live
             .iter()
             .any(|n| n.allocation_id.as_deref() == Some(e.allocation_id.as_str()));
-        if e.associated && !held_by_live && dead_eips.contains(&e.allocation_id) {
+        let dead = dead_eips.iter().find(|(a, _)| *a == e.allocation_id);
+        if let (true, false, Some((_, association))) = (e.associated, held_by_live, dead) {
             e.associated = false;
+            e.stale_association = association.clone();
         }
     }
 }
@@ -1586,6 +1597,7 @@ async fn apply_op(ctx: &Ctx, d: &Desired, op: &Op, o: &mut Observed) -> Result<A
                     .to_string(),
                 public_ip: out.public_ip().unwrap_or_default().to_string(),
                 associated: false,
+                stale_association: None,
             });
         }
         Op::ReleaseEip(id) => {
@@ -1609,11 +1621,27 @@ async fn apply_op(ctx: &Ctx, d: &Desired, op: &Op, o: &mut Observed) -> Result<A
                 return nat_progress(ctx, o, &id).await;
             }
             let subnet = subnet_id(o, d, Tier::Public, 0)?;
-            let eip = o
-                .eip()
-                .context("the NAT gateway's Elastic IP must exist first")?
-                .allocation_id
-                .clone();
+            let chosen = o.eip().context("the NAT gateway's Elastic IP must exist first")?;
+            let eip = chosen.allocation_id.clone();
+            // Only where the endpoint kept a deleted gateway's association
+            // (moto); on AWS the address is free once the gateway is gone.
+            if let Some(association) = chosen.stale_association.clone() {
+                match client
+                    .disassociate_address()
+                    .association_id(&association)
+                    .send()
+                    .await
+                {
+                    Ok(_) => {}
+                    Err(e) if gone(&e) => {}
+                    Err(e) => {
+                        return Err(e).op(|| format!("freeing Elastic IP {eip} from a deleted NAT gateway"))
+                    }
+                }
+                if let Some(e) = o.eips.iter_mut().find(|e| e.allocation_id == eip) {
+                    e.stale_association = None;
+                }
+            }
             let mut seed = vec![ctx.deployment.as_str(), NAT, subnet.as_str(), eip.as_str()];
             seed.extend(o.dead_nats.iter().map(String::as_str));
             let out = client
@@ -2036,6 +2064,7 @@ mod tests {
                 allocation_id: "eipalloc-1".into(),
                 public_ip: "203.0.113.7".into(),
                 associated: true,
+                stale_association: None,
             }],
             nats: vec![Nat {
                 id: "nat-1".into(),
@@ -2356,6 +2385,7 @@ mod tests {
             allocation_id: "eipalloc-2".into(),
             public_ip: "203.0.113.8".into(),
             associated: false,
+            stale_association: None,
         });
         assert_eq!(o.vpc().unwrap().id, "vpc-1", "the VPC with our subnets wins");
         let s = summary(&plan_up(&desired(), &o));
@@ -2370,11 +2400,16 @@ mod tests {
             allocation_id: "eipalloc-2".into(),
             public_ip: "203.0.113.8".into(),
             associated: true,
+            stale_association: None,
         });
-        let dead = ["eipalloc-2".to_string(), "eipalloc-1".to_string()];
+        let dead = [
+            ("eipalloc-2".to_string(), Some("eipassoc-2".to_string())),
+            ("eipalloc-1".to_string(), None),
+        ];
         let live = o.nats.clone();
         release_eips_of_dead_nats(&mut o.eips, &live, &dead);
         assert!(o.eips[0].associated, "the live gateway's address stays in use");
+        assert_eq!(o.eips[1].stale_association.as_deref(), Some("eipassoc-2"));
         let s = summary(&plan_up(&desired(), &o));
         assert_eq!(s, ["- network/nat-eip#eipalloc-2"]);
     }

@@ -9,4 +9,5 @@ pub mod nomad;
 pub mod paths;
 pub mod pca;
 mod process;
+pub mod server_hcl;
 pub mod tools;

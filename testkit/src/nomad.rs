@@ -459,6 +459,29 @@ impl NomadServer {
         })
     }
 
+    /// As [`prepare`](Self::prepare), with certificates made elsewhere
+    /// (edgectl's CA and the server certificate it stored in SSM).
+    pub fn prepare_with_tls(tls: GivenTls, bind: IpAddr, ports: Ports) -> anyhow::Result<ServerFiles> {
+        let name = format!("server-{}", ports.rpc);
+        let dir = tempdir(&name)?;
+        write_tls(dir.path(), &tls.ca_pem, &tls.server, "server")?;
+        let data_dir = dir.path().join("data");
+        std::fs::create_dir(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
+        Ok(ServerFiles {
+            name,
+            region: tls.region,
+            bind,
+            ports,
+            ca_file: dir.path().join("ca.pem"),
+            cert_file: dir.path().join("server.pem"),
+            key_file: dir.path().join("server-key.pem"),
+            data_dir,
+            ca_pem: tls.ca_pem,
+            cli: tls.cli,
+            dir,
+        })
+    }
+
     /// Spawns an agent from `config`, the caller's complete agent
     /// configuration (it must use `files`' paths and ports and bind where
     /// `files` says); does not wait. The harness adds nothing to it.

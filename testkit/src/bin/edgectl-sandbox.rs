@@ -3,7 +3,8 @@
 //! PR_SET_PDEATHSIG): moto (AWS, simulated), the Roles Anywhere simulator,
 //! a real Nomad server (mTLS + ACL, edgectl's own certificates from SSM)
 //! and two device hosts (systemd-nspawn), and drives edgectl against them:
-//! `cloud up --only pca,roles-anywhere`, `cloud up --only acl`,
+//! `cloud up --only pca,roles-anywhere,servers` (the server.hcl of the
+//! instance's user data is what the Nomad server runs), `cloud up --only acl`,
 //! `device provision --all`, `job run heartbeat`.
 //!
 //! State (`$EDGECTL_SANDBOX_STATE`, set by the script): `ready` or `error`
@@ -20,8 +21,9 @@ use std::time::{Duration, Instant};
 use anyhow::{bail, Context};
 use testkit::hosts::{HostOptions, TestHost};
 use testkit::moto::Moto;
-use testkit::nomad::{GivenTls, NomadHttp, NomadServer, Ports, ServerOpts};
+use testkit::nomad::{GivenTls, NomadHttp, NomadServer, Ports};
 use testkit::pca::Issued;
+use testkit::server_hcl;
 
 const REGION: &str = "eu-west-1";
 const HOSTS: usize = 2;
@@ -33,7 +35,7 @@ const PORTS: Ports = Ports {
     serf: 4648,
 };
 const CONFIG: &str = r#"{
-  "cluster": {"datacenter_name": "control-plane", "instance_count": 3, "nomad_region": "eu-west-1",
+  "cluster": {"datacenter_name": "control-plane", "instance_count": 1, "nomad_region": "eu-west-1",
               "discovery_tag_key": "nomad-type", "discovery_tag_value": "server"},
   "certificates": {"ca_cert_secret_name": "ca-caCertificate",
                    "server_cert_secret_name": "nomad-server-eu-west-1-Certificate",
@@ -237,7 +239,9 @@ impl Sandbox {
                 ..HostOptions::default()
             },
         );
-        let up = self.edgectl(&["cloud", "up", "--only", "pca,roles-anywhere"], &[]);
+        // `servers` brings the network and load balancer it needs: all only
+        // in moto. Its instance's user data holds the server.hcl run below.
+        let up = self.edgectl(&["cloud", "up", "--only", "pca,roles-anywhere,servers"], &[]);
         let (hosts, up) = tokio::join!(boot, up);
         self.hosts = hosts.context("booting the device hosts (systemd-nspawn)")?;
         up?;
@@ -247,14 +251,18 @@ impl Sandbox {
             .map(|h| format!("{} {}", h.name, h.ip))
             .collect();
         self.step(format!(
-            "edgectl cloud up --only pca,roles-anywhere: ok; device hosts booted (SIMULATED devices: systemd-nspawn containers): {} ({:.1}s)",
+            "edgectl cloud up --only pca,roles-anywhere,servers: ok (CA, Roles Anywhere; VPC, load balancer and one server instance SIMULATED in moto); device hosts booted (SIMULATED devices: systemd-nspawn containers): {} ({:.1}s)",
             names.join(", "),
             t.elapsed().as_secs_f64()
         ));
 
-        // The control plane: one real Nomad server with edgectl's certificates.
+        // The control plane: one real Nomad server running the server.hcl of
+        // the user data edgectl gave the (never booting) instance, with
+        // edgectl's certificates.
         let t = Instant::now();
-        let ssm = aws_sdk_ssm::Client::new(&self.sdk().await);
+        let sdk = self.sdk().await;
+        let ssm = aws_sdk_ssm::Client::new(&sdk);
+        let rendered = server_hcl_of_the_instance(&aws_sdk_ec2::Client::new(&sdk)).await?;
         let mut pems = Vec::new();
         for name in [CA, SERVER_CERT, SERVER_KEY, CLI_CERT, CLI_KEY] {
             pems.push(
@@ -269,58 +277,47 @@ impl Sandbox {
         write_mode(&nd.join("ca.pem"), &ca, 0o644)?;
         write_mode(&nd.join("cli.pem"), &cli_cert, 0o644)?;
         write_mode(&nd.join("cli-key.pem"), &cli_key, 0o600)?;
-        let mut server = NomadServer::spawn_with_tls(
+        let files = NomadServer::prepare_with_tls(
             GivenTls {
                 ca_pem: ca.clone(),
                 server: issued(cert, key, &ca),
                 cli: issued(cli_cert, cli_key, &ca),
                 region: REGION.into(),
             },
-            ServerOpts {
-                bind: IpAddr::V4(ip),
-                bootstrap_expect: 1,
-                ports: Some(PORTS),
-                ..ServerOpts::default()
-            },
-        )
-        .await
-        .context("starting the Nomad server")?;
+            IpAddr::V4(ip),
+            PORTS,
+        )?;
+        let join = [SocketAddr::new(IpAddr::V4(ip), PORTS.serf).to_string()];
+        let local = server_hcl::localize(&rendered, &files, &join)?;
+        server_hcl::only_local_changes(&rendered, &local)
+            .context("the sandbox changed more of edgectl's server.hcl than addresses and paths")?;
+        write_mode(&nd.join("server.hcl"), &local, 0o644)?;
+        let mut server = NomadServer::spawn_from_config(files, &local)
+            .await
+            .context("starting the Nomad server")?;
+        // edgectl's server certificate names server.<region>.nomad, not this address.
+        server.tls_name = Some(format!("server.{REGION}.nomad"));
         let wait = server.wait_leader(testkit::nomad::LEADER_TIMEOUT).await;
         let log = server.log_path().display().to_string();
         self.server = Some(server);
         wait.context("the Nomad server electing itself leader")?;
         self.step(format!(
-            "Nomad server (real, mTLS + ACL, edgectl's certificates from SSM; stands in for the control plane's EC2 instances) at https://{ip}:{} ({:.1}s; log {log})",
+            "Nomad server (real; stands in for the SIMULATED EC2 instance) at https://{ip}:{}: the server.hcl of the user data `cloud up` gave the instance, \
+             only addresses, ports, paths and the join list changed ({}), edgectl's certificates from SSM ({:.1}s; log {log})",
             PORTS.http,
+            nd.join("server.hcl").display(),
             t.elapsed().as_secs_f64()
         ));
 
         // ACLs: edgectl's own acl component against this server (NOMAD_ADDR).
-        // `--only acl` brings the components it needs (network, ingress,
-        // servers, auth): all of them only in moto.
+        // `--only acl` brings the components it needs; auth (Cognito) is
+        // new here, and like the rest only in moto.
         let t = Instant::now();
-        let acl = self
-            .edgectl(&["cloud", "up", "--only", "acl"], &self.nomad_env(false))
-            .await;
-        let how = match acl {
-            Ok(_) => "edgectl cloud up --only acl: ok, against the local Nomad server (NOMAD_ADDR): bootstrap token, submit-job policy, OIDC auth method, CI token; \
-                      with the components acl needs (network, ingress, servers, auth), which exist only in moto: its EC2 instance never boots",
-            Err(e) => {
-                self.step(format!(
-                    "edgectl cloud up --only acl failed, bootstrapping ACLs directly: {e:#}"
-                ));
-                let token = self.server.as_ref().expect("started").bootstrap_acl().await?;
-                ssm.put_parameter()
-                    .name(NOMAD_BOOTSTRAP_TOKEN)
-                    .value(token)
-                    .r#type(aws_sdk_ssm::types::ParameterType::SecureString)
-                    .overwrite(true)
-                    .send()
-                    .await
-                    .context("storing the bootstrap token")?;
-                "ACL bootstrap (direct; edgectl's acl component failed, see above)"
-            }
-        };
+        self.edgectl(&["cloud", "up", "--only", "acl"], &self.nomad_env(false))
+            .await
+            .context("edgectl's acl component against the sandbox's Nomad server")?;
+        let how = "edgectl cloud up --only acl: ok, against the local Nomad server (NOMAD_ADDR): bootstrap token, submit-job policy, \
+                   OIDC auth method, CI token; with Cognito, which acl needs, SIMULATED in moto";
         self.token = ssm_get(&ssm, NOMAD_BOOTSTRAP_TOKEN)
             .await?
             .context("no bootstrap token in SSM after the ACL step")?;
@@ -593,9 +590,9 @@ impl Sandbox {
             "\nSimulated (nothing here reaches AWS):\n\
              \x20 AWS                 moto, in memory, on 127.0.0.1 (gone after `down`)\n\
              \x20 IAM Roles Anywhere  our simulator at {sim}\n\
-             \x20 EC2, ELB, Cognito    in moto only (`cloud up --only acl` made the VPC, load balancer, server\n\
-             \x20                     instance and user pool it needs): moto never boots the instance; one\n\
-             \x20                     local Nomad server on {ip} stands in for it\n\
+             \x20 EC2, ELB, Cognito    in moto only (`cloud up` made the VPC, load balancer, server instance\n\
+             \x20                     and user pool): moto never boots the instance; one local Nomad server\n\
+             \x20                     on {ip}, running the server.hcl of its user data, stands in for it\n\
              \x20 devices             systemd-nspawn containers on this machine, not Raspberry Pis\n\
              Real:\n\
              \x20 Nomad {nv} server (mTLS + ACL) https://{ip}:{http}  binary {nomad} ({src})\n\
@@ -674,6 +671,53 @@ fn issued(cert: String, key: String, ca: &str) -> Issued {
         key_pem: key,
         serial_hex: String::new(),
     }
+}
+
+/// The `server.hcl` that the user data of the deployment's server instance
+/// (launched in moto by `cloud up`, never booted) writes.
+async fn server_hcl_of_the_instance(ec2: &aws_sdk_ec2::Client) -> anyhow::Result<String> {
+    use aws_sdk_ec2::types::{Filter, InstanceAttributeName};
+    use base64::Engine;
+    let out = ec2
+        .describe_instances()
+        .filters(
+            Filter::builder()
+                .name("tag:edgectl:deployment")
+                .values("default")
+                .build(),
+        )
+        .filters(
+            Filter::builder()
+                .name("instance-state-name")
+                .values("pending")
+                .values("running")
+                .build(),
+        )
+        .send()
+        .await
+        .context("listing the server instance in moto")?;
+    let id = out
+        .reservations()
+        .iter()
+        .flat_map(|r| r.instances())
+        .find_map(|i| i.instance_id())
+        .context("`cloud up --only servers` left no server instance in moto")?;
+    let data = ec2
+        .describe_instance_attribute()
+        .instance_id(id)
+        .attribute(InstanceAttributeName::UserData)
+        .send()
+        .await
+        .with_context(|| format!("reading the user data of {id}"))?
+        .user_data()
+        .and_then(|u| u.value())
+        .map(str::to_string)
+        .with_context(|| format!("instance {id} has no user data"))?;
+    let bytes = base64::engine::general_purpose::STANDARD
+        .decode(data.trim())
+        .with_context(|| format!("the user data of {id} is not base64"))?;
+    server_hcl::from_user_data(&String::from_utf8_lossy(&bytes))
+        .with_context(|| format!("the user data of {id}"))
 }
 
 async fn ssm_get(c: &aws_sdk_ssm::Client, name: &str) -> anyhow::Result<Option<String>> {
