@@ -65,17 +65,22 @@ async fn main() {
 
     let file = "jobs/heartbeat.nomad.hcl";
     let mut rows: Vec<(&str, Vec<f64>, Vec<f64>, u64)> = Vec::new();
+    // edgectl's own account (--output json `timings`): total minus the
+    // time inside Nomad's blocking queries and requested sleeps.
+    let mut own: Vec<(&str, Vec<f64>)> = Vec::new();
     for (what, detach) in [("job run (until healthy)", false), ("job run -detach", true)] {
-        let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0);
+        let (mut ours, mut theirs, mut peak, mut overhead) = (Vec::new(), Vec::new(), 0, Vec::new());
         for i in 0..rounds {
             let e = format!("message=edgectl-{detach}-{i}");
-            let mut args = vec!["job", "run", "heartbeat", "--var", e.as_str()];
+            let mut args = vec!["--output", "json", "job", "run", "heartbeat", "--var", e.as_str()];
             if detach {
-                args.insert(2, "--detach");
+                args.insert(4, "--detach");
             }
             let (wall, run) = timed(fleet.edgectl_env(&args, &[]), 0).await;
             ours.push(wall.as_secs_f64());
             peak = peak.max(run.peak_kib());
+            let t = &run.json()["timings"];
+            overhead.push(t["overhead_ms"].as_f64().expect("timings.overhead_ms") / 1000.0);
             let n = format!("message=nomad-{detach}-{i}");
             let mut args = vec!["job", "run", "-var", n.as_str()];
             if detach {
@@ -86,6 +91,7 @@ async fn main() {
             theirs.push(wall.as_secs_f64());
         }
         rows.push((what, ours, theirs, peak));
+        own.push((what, overhead));
     }
     let (mut ours, mut theirs, mut peak) = (Vec::new(), Vec::new(), 0);
     for i in 0..rounds {
@@ -111,6 +117,12 @@ async fn main() {
             o - t,
             peak as f64 / 1024.0
         );
+    }
+    println!();
+    println!("edgectl's own time (total minus Nomad's waits), median | seconds");
+    println!("---|---");
+    for (what, overhead) in own {
+        println!("{what} | {:.3} s", median(overhead));
     }
     fleet.stop().await;
 }

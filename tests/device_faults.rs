@@ -7,6 +7,7 @@ mod common;
 
 use common::devices::Fleet;
 use common::Run;
+use std::collections::BTreeMap;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::time::{Duration, Instant};
 use testkit::hosts::TestHost;
@@ -318,8 +319,16 @@ const MANAGED: &[(&str, &str)] = &[
 ];
 
 /// Every managed path is absent or whole, with its final owner and mode;
-/// temp files left by the cut are private (0600) and named as such.
-async fn check_whole(host: &TestHost, nomad_sha: &str, when: &str) -> Vec<String> {
+/// temp files left by the cut are private (0600) and named as such. With
+/// `sums` (each path's sha256 once converged), a file other than the
+/// device's own key and certificate (which a renewal changes) must be
+/// exactly that.
+async fn check_whole(
+    host: &TestHost,
+    nomad_sha: &str,
+    when: &str,
+    sums: &BTreeMap<String, String>,
+) -> Vec<String> {
     let mut present = Vec::new();
     for (path, want) in MANAGED {
         let st = host.exec(&format!("stat -c '%U:%G %a %s' {path}")).await.unwrap();
@@ -331,6 +340,14 @@ async fn check_whole(host: &TestHost, nomad_sha: &str, when: &str) -> Vec<String
         let (meta, size) = st.rsplit_once(' ').unwrap();
         assert_eq!(meta, *want, "{when}: owner/mode of {path}");
         assert!(size.parse::<u64>().unwrap() > 0, "{when}: {path} is empty");
+        if let Some(want) = sums.get(*path).filter(|_| !path.contains("/device")) {
+            let sum = host.exec_ok(&format!("sha256sum {path}")).await.unwrap();
+            assert_eq!(
+                sum.split_whitespace().next(),
+                Some(want.as_str()),
+                "{when}: {path}"
+            );
+        }
         if *path == "/usr/bin/nomad" {
             let sum = host.exec_ok(&format!("sha256sum {path}")).await.unwrap();
             assert_eq!(
@@ -375,6 +392,25 @@ async fn check_whole(host: &TestHost, nomad_sha: &str, when: &str) -> Vec<String
         temps.lines().collect::<Vec<_>>()
     );
     present
+}
+
+/// sha256 of every managed path, as they are now.
+async fn managed_sums(host: &TestHost) -> BTreeMap<String, String> {
+    let mut sums = BTreeMap::new();
+    for (path, _) in MANAGED {
+        let sum = host.exec_ok(&format!("sha256sum {path}")).await.unwrap();
+        let sum = sum.split_whitespace().next().unwrap().to_string();
+        sums.insert(path.to_string(), sum);
+    }
+    sums
+}
+
+/// splitmix64, for the seeded cut points.
+fn mix(mut z: u64) -> u64 {
+    z = z.wrapping_add(0x9E37_79B9_7F4A_7C15);
+    z = (z ^ (z >> 30)).wrapping_mul(0xBF58_476D_1CE4_E5B9);
+    z = (z ^ (z >> 27)).wrapping_mul(0x94D0_49BB_1331_11EB);
+    z ^ (z >> 31)
 }
 
 /// Kills the SSH sessions of root in the host (the process `sshd: root@notty`):
@@ -443,6 +479,8 @@ enum Moment {
     /// With the new key made on the device (`.device-key.pem.edgectl-new`)
     /// while edgectl has the certificate issued, before the key moves in.
     Identity,
+    /// A seeded point: this long after the run starts (with a session up).
+    At(Duration),
 }
 
 #[tokio::test(flavor = "multi_thread")]
@@ -460,11 +498,23 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
         .unwrap()
         .to_string();
     let args = provision(&["--all"], &artifacts);
+    let mut sums = BTreeMap::new();
+    // Four chosen moments, then seeded points spread over a redo run's
+    // length (EDGECTL_CUT_SEEDS="3 7" replays some; a point edgectl is
+    // already past is a miss, not a failure).
+    let seeds: Vec<u64> = match std::env::var("EDGECTL_CUT_SEEDS") {
+        Ok(list) => list.split_whitespace().map(|s| s.parse().unwrap()).collect(),
+        Err(_) => (0..6).collect(),
+    };
+    let mut moments = vec![Moment::MidUpload, Moment::Early, Moment::Identity, Moment::Late];
+    moments.extend(
+        seeds
+            .iter()
+            .map(|s| Moment::At(Duration::from_millis(mix(*s) % 3200))),
+    );
+    let mut random_cuts = Vec::new();
 
-    for (i, moment) in [Moment::MidUpload, Moment::Early, Moment::Identity, Moment::Late]
-        .into_iter()
-        .enumerate()
-    {
+    for (i, moment) in moments.into_iter().enumerate() {
         let when = format!("cut {} ({moment:?})", i + 1);
         // A cut that misses its moment (edgectl was faster) is tried again.
         let mut attempt = 0;
@@ -480,8 +530,10 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
                 .await
                 .unwrap();
             }
+            let t0 = Instant::now();
             let ready = || async move {
                 match moment {
+                    Moment::At(at) => t0.elapsed() >= at && sessions(host).await,
                     Moment::Early => sessions(host).await,
                     Moment::MidUpload => tmp_size(host).await > 1 << 20,
                     Moment::Late => {
@@ -521,6 +573,11 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
                     );
                     break (run, out);
                 }
+                None if matches!(moment, Moment::At(_)) => {
+                    run.expect(0);
+                    eprintln!("[cut] {when}: missed (edgectl was done first)");
+                    break (run, String::new());
+                }
                 None if attempt < 3 => {
                     run.expect(0);
                     eprintln!("[cut] {when}: missed (edgectl was done first); again");
@@ -528,6 +585,11 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
                 None => panic!("{when}: edgectl finished before the cut, {attempt} times:\n{out}"),
             }
         };
+        if out.is_empty() {
+            random_cuts.push((when, false));
+            continue;
+        }
+        random_cuts.extend(matches!(moment, Moment::At(_)).then(|| (when.clone(), true)));
         run.expect(1);
         let r = row(&out, "cut1");
         assert_eq!(r.result, "failed", "{out}");
@@ -542,13 +604,16 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
             last_line(&out),
             "0 of 1 devices succeeded; to retry the failed ones: edgectl device provision cut1"
         );
-        check_whole(host, &nomad_sha, &when).await;
+        check_whole(host, &nomad_sha, &when, &sums).await;
 
         let again = timed(&fleet, &format!("{when}: provision again"), &args).await;
         eprintln!("--- {when}: again\n{}\n{}", again.stdout(), again.stderr());
         again.expect(0);
         fleet.wait_ready(&["cut1"]).await;
-        let present = check_whole(host, &nomad_sha, &format!("{when}, converged")).await;
+        let present = check_whole(host, &nomad_sha, &format!("{when}, converged"), &sums).await;
+        if sums.is_empty() {
+            sums = managed_sums(host).await;
+        }
         assert_eq!(present.len(), MANAGED.len(), "{present:?}");
         let left = host
             .exec_ok(
@@ -579,6 +644,11 @@ async fn a_connection_cut_mid_run_converges_and_never_leaves_half_written_files(
         assert_eq!(blocks[2].trim(), "active", "{when}");
         assert_eq!(failed_hosts(&fleet), "");
     }
+    eprintln!("[cut] seeded points: {random_cuts:?}");
+    assert!(
+        random_cuts.iter().any(|(_, cut)| *cut),
+        "no seeded point cut a run: {random_cuts:?}"
+    );
     fleet.stop().await;
 }
 

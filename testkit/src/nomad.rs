@@ -420,8 +420,6 @@ impl NomadServer {
         bind: IpAddr,
         ports: Ports,
     ) -> anyhow::Result<ServerFiles> {
-        let name = format!("server-{}", ports.rpc);
-        let dir = tempdir(&name)?;
         let server_name = format!("server.{region}.nomad");
         let cert = ca
             .issue(
@@ -441,22 +439,13 @@ impl NomadServer {
             .issue(cfg, &cli_name, &[&cli_name, "localhost"], &[])
             .await
             .context("issuing the CLI certificate")?;
-        write_tls(dir.path(), &ca.cert_pem, &cert, "server")?;
-        let data_dir = dir.path().join("data");
-        std::fs::create_dir(&data_dir).with_context(|| format!("creating {}", data_dir.display()))?;
-        Ok(ServerFiles {
-            name,
-            region: region.to_string(),
-            bind,
-            ports,
-            ca_file: dir.path().join("ca.pem"),
-            cert_file: dir.path().join("server.pem"),
-            key_file: dir.path().join("server-key.pem"),
-            data_dir,
+        let tls = GivenTls {
             ca_pem: ca.cert_pem.clone(),
+            server: cert,
             cli,
-            dir,
-        })
+            region: region.to_string(),
+        };
+        Self::prepare_with_tls(tls, bind, ports)
     }
 
     /// As [`prepare`](Self::prepare), with certificates made elsewhere
