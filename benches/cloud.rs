@@ -30,6 +30,7 @@ fn component(address: &str) -> &'static str {
         ("cognito/", "auth"),
         ("ecr/", "registry"),
         ("nomad/", "acl"),
+        ("nomad:", "acl"),
     ];
     prefixes
         .iter()
