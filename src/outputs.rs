@@ -203,6 +203,11 @@ fn type_for(kind: Kind) -> ParameterType {
     }
 }
 
+/// `cloud down`'s change for an output parameter of a component.
+pub fn param_removal(name: &str) -> crate::plan::Change {
+    crate::plan::Change::new(format!("ssm:{name}"), crate::plan::Action::Delete, "cloud down")
+}
+
 /// The change (if any) that makes parameter `name` hold `desired`.
 pub fn plan_param(
     name: &str,

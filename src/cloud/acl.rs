@@ -963,12 +963,7 @@ impl Component for Acl {
         [outputs::NOMAD_CI_TOKEN, outputs::NOMAD_POLICY_SUBMIT_JOB]
             .into_iter()
             .filter(|n| o.params.contains_key(*n))
-            .map(|n| {
-                planned(
-                    Change::new(format!("ssm:{n}"), Action::Delete, "cloud down"),
-                    Op::DeleteParam(n.to_string()),
-                )
-            })
+            .map(|n| planned(crate::outputs::param_removal(n), Op::DeleteParam(n.to_string())))
             .collect()
     }
 

@@ -702,7 +702,7 @@ pub fn plan_down(o: &Observed) -> Vec<Planned<Op>> {
     for name in PARAMS {
         if o.params.contains_key(name) {
             steps.push(planned(
-                Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"),
+                crate::outputs::param_removal(name),
                 Op::DeleteParam(name),
             ));
         }

@@ -474,12 +474,7 @@ impl Component for Pca {
         let mut steps: Vec<Planned<Op>> = o
             .params
             .keys()
-            .map(|name| {
-                planned(
-                    Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"),
-                    Op::DeleteParam(name.clone()),
-                )
-            })
+            .map(|name| planned(crate::outputs::param_removal(name), Op::DeleteParam(name.clone())))
             .collect();
         for ca in o.ca.iter().chain(&o.twins) {
             steps.push(planned(

@@ -692,7 +692,7 @@ impl Component for RolesAnywhere {
         for name in PARAMS {
             if o.params.contains_key(name) {
                 steps.push(planned(
-                    Change::new(format!("ssm:{name}"), Action::Delete, "cloud down"),
+                    crate::outputs::param_removal(name),
                     Op::DeleteParam(name),
                 ));
             }
